@@ -1,0 +1,1 @@
+"""Thin I/O adapters (SMTP, DNS, LDAP, HTTP, storage): later issues."""

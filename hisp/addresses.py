@@ -1,0 +1,101 @@
+"""Direct addresses and health domains: parse, normalise, compare (AS-1, AS-2, CD-3).
+
+A Direct address is an RFC 5321 mailbox ``local@health.domain``. Comparison is case-insensitive in
+both parts (AS-2: binding compares the whole address case-insensitively).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import getaddresses
+
+from hisp.errors import AddressError
+
+__all__ = ["DirectAddress", "HealthDomain", "parse_address_list"]
+
+# RFC 5321 section 4.5.3.1: local part at most 64 octets, domain at most 255, path at most 256.
+_MAX_LOCAL = 64
+_MAX_DOMAIN = 255
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# dot-atom local part (RFC 5322 section 3.2.3); quoted local parts are not used by Direct.
+_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+
+
+@dataclass(frozen=True)
+class HealthDomain:
+    """A health domain name, stored lower-case without a trailing dot.
+
+    :ivar name: e.g. ``"direct.clinic.example"``.
+    """
+
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> HealthDomain:
+        """Parse and normalise a domain name.
+
+        :param text: e.g. ``"Direct.Clinic.Example."``.
+        :raises AddressError: when it is not a valid DNS host name (RFC 1123 section 2.1).
+        """
+        name = text.strip().rstrip(".").lower()
+        if not name or len(name) > _MAX_DOMAIN or "." not in name:
+            raise AddressError(f"not a valid health domain: {text!r}", domain=text)
+        if not all(_LABEL.match(label) for label in name.split(".")):
+            raise AddressError(f"not a valid health domain: {text!r}", domain=text)
+        return cls(name)
+
+    def dns_name(self) -> str:
+        """The DNS owner name of domain-bound CERT records (CD-3), absolute: ``"example.org."``."""
+        return self.name + "."
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class DirectAddress:
+    """A Direct address, compared case-insensitively (AS-2).
+
+    :ivar local: the local part, lower-case.
+    :ivar domain: the health domain.
+    """
+
+    local: str
+    domain: HealthDomain
+
+    @classmethod
+    def parse(cls, text: str) -> DirectAddress:
+        """Parse ``local@domain``, optionally inside ``<...>`` or with a display name.
+
+        :param text: e.g. ``"Dr A <Dr.A@Direct.Clinic.Example>"``.
+        :raises AddressError: when there is not exactly one valid address.
+        """
+        candidates = [addr for _, addr in getaddresses([text]) if addr]
+        if len(candidates) != 1:
+            raise AddressError(f"not a single e-mail address: {text!r}", address=text)
+        local, sep, domain = candidates[0].rpartition("@")
+        if not sep or not local or len(local) > _MAX_LOCAL or not _LOCAL.match(local):
+            raise AddressError(f"not a valid Direct address: {text!r}", address=text)
+        return cls(local.lower(), HealthDomain.parse(domain))
+
+    def dns_name(self) -> str:
+        """The DNS owner name of address-bound CERT records (CD-3): ``user@example.org`` -> ``user.example.org.``."""
+        return f"{self.local}.{self.domain.dns_name()}"
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain.name}"
+
+
+def parse_address_list(values: list[str]) -> list[DirectAddress]:
+    """Parse every address of some header values (To, Cc), skipping empty groups.
+
+    :param values: raw header values, e.g. ``["a@x.org, B <b@y.org>"]``.
+    :returns: the addresses in order.
+    :raises AddressError: when one of them is not valid.
+    """
+    out: list[DirectAddress] = []
+    for _, addr in getaddresses(values):
+        if addr:
+            out.append(DirectAddress.parse(addr))
+    return out

@@ -1,0 +1,1 @@
+"""Public test helpers: a development PKI builder and fixture loaders."""
