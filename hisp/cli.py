@@ -1,0 +1,334 @@
+"""The ``hisp`` command: the only reader of argv and the environment.
+
+Exit status: 0 success, 1 failure of the operation (the reason on one stderr line), 2 usage errors.
+
+Commands so far:
+
+* ``hisp ca init`` / ``hisp ca issue``: a development PKI (never for production keys).
+* ``hisp message outgoing`` / ``hisp message incoming``: run the security agent on one message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import click
+
+from hisp import __version__
+from hisp.addresses import DirectAddress, parse_address_list
+from hisp.core import devca, mime
+from hisp.core.agent import SecurityAgent, StaticAnchors
+from hisp.core.certs import Certificate, Credential, load_certificate, load_certificates, load_credential
+from hisp.core.policy import ContentCipher, DigestAlgorithm, KeyTransport, policy_from_name
+from hisp.errors import ConfigError, HispError
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Files an operator points us at are certificates and keys: refuse anything absurdly large.
+_MAX_CREDENTIAL_FILE = 1024 * 1024
+
+
+def _fail_cleanly(func: F) -> F:
+    """Turn a HispError into one stderr line and exit status 1 (never a traceback)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HispError as exc:
+            click.echo(f"hisp: {exc.message}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            click.echo(f"hisp: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parse_time(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 time: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _iso_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    return None if value is None else _parse_time(value)
+
+
+def _read_small(path: str) -> bytes:
+    data = Path(path).read_bytes()
+    if len(data) > _MAX_CREDENTIAL_FILE:
+        raise ConfigError(f"{path}: {len(data)} bytes is too large for a certificate or key file")
+    return data
+
+
+def _password_bytes(value: str | None) -> bytes | None:
+    return None if value is None else value.encode("utf-8")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hisp")
+def main() -> None:
+    """hisp: a Direct Secure Messaging HISP."""
+
+
+# -- development PKI ---------------------------------------------------------------------------
+
+
+@main.group()
+def ca() -> None:
+    """A development certificate authority: test and demo certificates only, never production."""
+
+
+@ca.command("init")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@click.option("--name", default="hisp Development CA", show_default=True, help="CA common name.")
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500), help="Validity.")
+@click.option("--passphrase", envvar="HISP_CA_PASSPHRASE", default=None, help="Encrypt ca.key with it.")
+@_fail_cleanly
+def ca_init(out_dir: str, name: str, days: int, passphrase: str | None) -> None:
+    """Create a self-signed CA: writes OUT/ca.pem and OUT/ca.key (PKCS#8 PEM)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    issued = devca.create_ca(name, at=datetime.now(UTC), days=days)
+    (out / "ca.pem").write_bytes(issued.certificate.to_pem())
+    _write_private(out / "ca.key", _key_pem(issued.credential, passphrase))
+    click.echo(f"CA {issued.certificate.subject} -> {out / 'ca.pem'}, {out / 'ca.key'}")
+    click.echo(f"sha256 {issued.certificate.fingerprint_sha256}")
+
+
+def _key_pem(credential: Credential, passphrase: str | None) -> bytes:
+    from hisp.core.certs import private_key_to_pem
+
+    return private_key_to_pem(credential.private_key, _password_bytes(passphrase))
+
+
+@ca.command("issue")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--ca-passphrase", envvar="HISP_CA_PASSPHRASE", default=None, help="Passphrase of ca.key.")
+@click.option("--address", default=None, help="Direct address: an address-bound certificate.")
+@click.option("--domain", default=None, help="Health domain: a domain-bound certificate.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--usage",
+    type=click.Choice([u.value for u in devca.KeyUsagePreset]),
+    default="dual",
+    show_default=True,
+    help="dual: digitalSignature+keyEncipherment; or a single-use certificate.",
+)
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500))
+@click.option("--not-before", default=None, callback=_iso_option, help="ISO 8601 start of validity.")
+@click.option("--not-after", default=None, callback=_iso_option, help="ISO 8601 end of validity.")
+@click.option("--crl-url", default=None, help="CRL distribution point (HTTP URL).")
+@click.option("--aia-url", default=None, help="AIA caIssuers URL.")
+@click.option("--name", "basename", default=None, help="File base name (default: the address or domain).")
+@click.option("--passphrase", envvar="HISP_KEY_PASSPHRASE", default=None, help="Encrypt the key with it.")
+@_fail_cleanly
+def ca_issue(
+    ca_dir: str,
+    ca_passphrase: str | None,
+    address: str | None,
+    domain: str | None,
+    out_dir: str,
+    usage: str,
+    days: int,
+    not_before: datetime | None,
+    not_after: datetime | None,
+    crl_url: str | None,
+    aia_url: str | None,
+    basename: str | None,
+    passphrase: str | None,
+) -> None:
+    """Issue an address-bound or domain-bound certificate: writes OUT/BASENAME.pem and OUT/BASENAME.key."""
+    if (address is None) == (domain is None):
+        raise click.UsageError("give exactly one of --address and --domain")
+    if address is not None:
+        address = str(DirectAddress.parse(address))
+    if domain is not None:
+        from hisp.addresses import HealthDomain
+
+        domain = str(HealthDomain.parse(domain))
+    ca_path = Path(ca_dir)
+    ca_credential = load_credential(
+        _read_small(str(ca_path / "ca.pem")),
+        _read_small(str(ca_path / "ca.key")),
+        _password_bytes(ca_passphrase),
+    )
+    issued = devca.issue_certificate(
+        devca.Issued(ca_credential),
+        at=datetime.now(UTC),
+        address=address,
+        domain=domain,
+        usage=devca.KeyUsagePreset(usage),
+        days=days,
+        not_before=not_before,
+        not_after=not_after,
+        crl_url=crl_url,
+        aia_url=aia_url,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = basename or address or domain
+    assert base is not None
+    (out / f"{base}.pem").write_bytes(issued.certificate.to_pem())
+    _write_private(out / f"{base}.key", _key_pem(issued.credential, passphrase))
+    click.echo(f"{issued.certificate.describe()} -> {out / (base + '.pem')}, {out / (base + '.key')}")
+
+
+# -- the security agent on one message -------------------------------------------------------------
+
+
+@main.group()
+def message() -> None:
+    """Run the security agent on one message (operators use these to debug)."""
+
+
+def _load_our_credentials(cert: str, key: str | None, password: str | None) -> list[Credential]:
+    return [load_credential(_read_small(cert), _read_small(key) if key else None, _password_bytes(password))]
+
+
+def _read_input(stream: BinaryIO, limit: int) -> bytes:
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"input exceeds the message size limit of {limit} bytes")
+    return data
+
+
+@message.command("outgoing")
+@click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False), help="Sender cert.")
+@click.option("--key", default=None, type=click.Path(exists=True, dir_okay=False), help="Sender key.")
+@click.option("--password", envvar="HISP_KEY_PASSPHRASE", default=None, help="Key or PKCS#12 password.")
+@click.option(
+    "--to-cert",
+    "to_certs",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A recipient certificate (repeat for each).",
+)
+@click.option("--cipher", type=click.Choice([c.value for c in ContentCipher]), default=None)
+@click.option("--key-transport", type=click.Choice([k.value for k in KeyTransport]), default=None)
+@click.option("--digest", type=click.Choice(["sha256", "sha384", "sha512"]), default=None)
+@click.option("--policy", "policy_name", default="direct-1.3", show_default=True)
+@click.option("--at", "at_text", default=None, help="ISO 8601 time to seal at (default now).")
+@click.option("-i", "input_file", type=click.File("rb"), default="-", help="Plain message (default stdin).")
+@click.option("-o", "output_path", default="-", help="Direct message out (default stdout).")
+@_fail_cleanly
+def message_outgoing(
+    cert: str,
+    key: str | None,
+    password: str | None,
+    to_certs: Sequence[str],
+    cipher: str | None,
+    key_transport: str | None,
+    digest: str | None,
+    policy_name: str,
+    at_text: str | None,
+    input_file: BinaryIO,
+    output_path: str,
+) -> None:
+    """Sign, wrap and encrypt a plain RFC 5322 message for its To/Cc recipients."""
+    policy = policy_from_name(policy_name)
+    changes: dict[str, object] = {}
+    if cipher:
+        changes["cipher"] = ContentCipher(cipher)
+    if key_transport:
+        changes["key_transport"] = KeyTransport(key_transport)
+    if digest:
+        changes["digest"] = DigestAlgorithm.from_name(digest)
+    if changes:
+        policy = policy.with_options(**changes)
+    at = _parse_time(at_text)
+    agent = SecurityAgent(policy=policy)
+    sender = _load_our_credentials(cert, key, password)
+    certificates: list[Certificate] = []
+    for path in to_certs:
+        certificates.extend(load_certificates(_read_small(path)))
+    plain = _read_input(input_file, agent.limits.max_message_bytes)
+    entity = mime.parse_entity(plain, agent.limits)
+    addresses = parse_address_list(entity.header_all("To") + entity.header_all("Cc"))
+    if not addresses:
+        raise ConfigError("the message has no To or Cc recipient")
+    recipients = {
+        address: [c for c in certificates if c.binding_for(address) is not None] for address in addresses
+    }
+    result = agent.process_outgoing(plain, sender=sender, recipients=recipients, at=at)
+    for rejected in result.rejected:
+        click.echo(f"hisp: not sent to {rejected.address}: {rejected.reason} ({rejected.status})", err=True)
+    _write_output(output_path, result.message)
+
+
+@message.command("incoming")
+@click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False), help="Our cert or PKCS#12.")
+@click.option("--key", default=None, type=click.Path(exists=True, dir_okay=False), help="Our private key.")
+@click.option("--password", envvar="HISP_KEY_PASSPHRASE", default=None, help="Key or PKCS#12 password.")
+@click.option(
+    "--anchor",
+    "anchor_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A trust anchor (repeat for each).",
+)
+@click.option("--policy", "policy_name", default="direct-1.3", show_default=True)
+@click.option("--at", "at_text", default=None, help="ISO 8601 time of receipt (default now).")
+@click.option("--explain", is_flag=True, help="Print the verdict (signer, chain, anchor) to stderr.")
+@click.option("-i", "input_file", type=click.File("rb"), default="-", help="Direct message (default stdin).")
+@click.option("-o", "output_path", default="-", help="Plain message out (default stdout).")
+@_fail_cleanly
+def message_incoming(
+    cert: str,
+    key: str | None,
+    password: str | None,
+    anchor_paths: Sequence[str],
+    policy_name: str,
+    at_text: str | None,
+    explain: bool,
+    input_file: BinaryIO,
+    output_path: str,
+) -> None:
+    """Decrypt, verify and unwrap a Direct message; on any security failure exit 1 and write nothing."""
+    policy = policy_from_name(policy_name)
+    at = _parse_time(at_text)
+    agent = SecurityAgent(policy=policy)
+    credentials = _load_our_credentials(cert, key, password)
+    anchors = tuple(load_certificate(_read_small(path)) for path in anchor_paths)
+    raw = _read_input(input_file, agent.limits.max_message_bytes)
+    result = agent.process_incoming(raw, credentials=credentials, trust=StaticAnchors(anchors), at=at)
+    if explain:
+        click.echo(result.explain(), err=True)
+    _write_output(output_path, result.message)
+
+
+def _write_output(path: str, data: bytes) -> None:
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.partial")
+    temporary.write_bytes(data)
+    temporary.replace(target)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
