@@ -25,7 +25,7 @@ from hisp.addresses import DirectAddress, parse_address_list
 from hisp.core import devca, mime
 from hisp.core.agent import SecurityAgent, StaticAnchors
 from hisp.core.certs import Certificate, Credential, load_certificate, load_certificates, load_credential
-from hisp.core.policy import ContentCipher, DigestAlgorithm, KeyTransport, policy_from_name
+from hisp.core.policy import PRESETS, ContentCipher, DigestAlgorithm, KeyTransport, policy_from_name
 from hisp.errors import ConfigError, HispError
 
 __all__ = ["main"]
@@ -228,7 +228,7 @@ def _read_input(stream: BinaryIO, limit: int) -> bytes:
 @click.option("--cipher", type=click.Choice([c.value for c in ContentCipher]), default=None)
 @click.option("--key-transport", type=click.Choice([k.value for k in KeyTransport]), default=None)
 @click.option("--digest", type=click.Choice(["sha256", "sha384", "sha512"]), default=None)
-@click.option("--policy", "policy_name", default="direct-1.3", show_default=True)
+@click.option("--policy", "policy_name", type=click.Choice(sorted(PRESETS)), default="direct-1.3", show_default=True)
 @click.option("--at", "at_text", default=None, help="ISO 8601 time to seal at (default now).")
 @click.option("-i", "input_file", type=click.File("rb"), default="-", help="Plain message (default stdin).")
 @click.option("-o", "output_path", default="-", help="Direct message out (default stdout).")
@@ -289,7 +289,7 @@ def message_outgoing(
     type=click.Path(exists=True, dir_okay=False),
     help="A trust anchor (repeat for each).",
 )
-@click.option("--policy", "policy_name", default="direct-1.3", show_default=True)
+@click.option("--policy", "policy_name", type=click.Choice(sorted(PRESETS)), default="direct-1.3", show_default=True)
 @click.option("--at", "at_text", default=None, help="ISO 8601 time of receipt (default now).")
 @click.option("--explain", is_flag=True, help="Print the verdict (signer, chain, anchor) to stderr.")
 @click.option("-i", "input_file", type=click.File("rb"), default="-", help="Direct message (default stdin).")
