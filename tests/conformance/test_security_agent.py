@@ -215,7 +215,7 @@ def test_as8_sha1_signature_by_policy(pki: TestPKI, policy: str, accepted: bool)
     if accepted:
         assert _open(agent, pki, raw).signature.valid_signers[0].digest is DigestAlgorithm.SHA1
     else:
-        with pytest.raises(PolicyViolation, match="SHA-1 refused by policy direct-1.3"):
+        with pytest.raises(PolicyViolation, match=r"SHA-1 refused by policy direct-1\.3"):
             _open(agent, pki, raw)
 
 

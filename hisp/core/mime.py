@@ -1,0 +1,1083 @@
+"""Canonical, bounded MIME for Direct: parse, canonicalise, wrap, and build or split S/MIME layers.
+
+Everything here works on bytes and is pure (no I/O). The stdlib ``email`` package is never used: every
+byte that is signed or verified is sliced from the input or written by this module ("signed bytes are
+sacred", DESIGN.md section 3). ``email.generator`` refolds headers when it re-renders an entity
+(CPython issues 99533 and 153822) and so breaks signatures; nothing here re-renders a header.
+
+* :func:`parse_entity` splits one entity into its header block and body, within :class:`MimeLimits`.
+* :func:`check_structure` walks a whole MIME tree (depth and part-count caps).
+* :func:`canonicalize` writes the form to sign (AS-16): CRLF everywhere, 7-bit-safe encodings.
+* :func:`wrap` / :func:`unwrap` protect headers with message/rfc822 (AS-12, RFC 8551 section 3.1).
+* :func:`build_multipart_signed` / :func:`split_multipart_signed` write and read the signed layer
+  (RFC 1847, RFC 8551 section 3.5.3) on raw bytes.
+* :func:`build_enveloped_message` writes the outgoing Direct message (AS-7, requirements section 8.1).
+
+All malformed or oversized input raises :class:`~hisp.errors.MessageFormatError` carrying the tolerated
+oddities seen so far in ``.defects``; no other exception escapes on hostile input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import re
+import secrets
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from hisp.core.policy import DigestAlgorithm
+from hisp.errors import ConfigError, MessageFormatError
+
+__all__ = [
+    "ContentType",
+    "Entity",
+    "MimeLimits",
+    "SignedParts",
+    "build_enveloped_message",
+    "build_multipart_signed",
+    "canonicalize",
+    "check_structure",
+    "decode_body",
+    "header_params",
+    "parse_entity",
+    "smime_type",
+    "split_multipart_signed",
+    "unwrap",
+    "wrap",
+]
+
+CRLF = b"\r\n"
+_BOM = b"\xef\xbb\xbf"
+# RFC 5322 section 2.1.1: a line is at most 998 octets, excluding the CRLF.
+_MAX_LINE = 998
+# RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters.
+_FOLD_AT = 78
+
+# A blank line: two line endings in a row, each CRLF, LF or a bare CR (as _to_crlf counts them).
+_HEADER_END = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))")
+_LONG_LINE = re.compile(rb"^[^\r\n]{%d}" % (_MAX_LINE + 1), re.MULTILINE)
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 section 3.6.8: printable ASCII except ":"
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+"  # RFC 2045 section 5.1 token
+_TYPE = re.compile(rf"\s*({_TOKEN})\s*/\s*({_TOKEN})\s*")
+_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+_SEGMENT = re.compile(r'(?:"(?:[^"\\]|\\.)*(?:"|\\?$)|[^;"]+)+', re.DOTALL)
+_CONTINUATION = re.compile(r"^(.+?)\*(\d{1,4})(\*?)$|^(.+?)(\*)$")
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_WHITESPACE = b" \t\r\n\x0b\x0c"
+_WIDE_CHARSETS = ("utf-16", "utf-32", "ucs-2", "ucs-4", "ucs2", "ucs4")
+
+_SMIME_TYPES = {
+    "enveloped-data": "enveloped-data",
+    "signed-data": "signed-data",
+    "authenveloped-data": "authEnveloped-data",
+    "certs-only": "certs-only",
+    "compressed-data": "compressed-data",
+}
+_PKCS7_MIME = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+_PKCS7_SIGNATURE = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
+_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
+_IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+# AS-12: the header fields copied to the outer (unprotected) header of a wrapped message.
+_WRAP_HEADERS = ("from", "to", "cc", "date", "message-id", "in-reply-to", "references", "mime-version")
+_ENVELOPE_OWN_HEADERS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
+
+# Defect names (short, stable strings; recorded, never raised).
+DEFECT_BOM = "UTF-8 byte order mark stripped"
+DEFECT_BARE_LF = "bare LF line endings"
+DEFECT_NO_SEPARATOR = "no blank line between header and body"
+DEFECT_LONG_HEADER_LINE = "header line longer than 998 octets"
+DEFECT_NON_ASCII_HEADER = "non-ASCII bytes in header"
+DEFECT_NO_COLON = "header line without colon"
+DEFECT_BAD_NAME = "invalid header field name"
+DEFECT_SPACE_BEFORE_COLON = "whitespace before colon in header field name"
+DEFECT_LEADING_CONTINUATION = "continuation line before the first header field"
+DEFECT_DUPLICATE_CONTENT_TYPE = "more than one Content-Type header"
+DEFECT_BAD_CONTENT_TYPE = "invalid Content-Type, treated as text/plain"
+DEFECT_NO_CLOSE_DELIMITER = "multipart without closing delimiter"
+DEFECT_NO_PARTS = "multipart with no body parts"
+DEFECT_ENCODED_COMPOSITE = "composite type with base64 or quoted-printable transfer encoding"
+
+
+@dataclass(frozen=True)
+class MimeLimits:
+    """Bounds on untrusted MIME input (DESIGN.md section 6.3).
+
+    :ivar max_message_bytes: largest message accepted, in bytes (64 MiB: a 25 MB referral, base64-encoded
+        and encrypted, with room to spare).
+    :ivar max_depth: deepest nesting of multipart and message/rfc822 entities; the top entity is depth 0.
+    :ivar max_parts: most entities in one MIME tree, the top entity included.
+    :ivar max_header_bytes: largest header block of one entity, in bytes.
+    :ivar max_headers: most header fields in one entity.
+    :raises ConfigError: a limit is not a positive integer.
+
+    Spec: RFC 2046 section 5.1 (nesting), RFC 5322 section 2.1.1.
+    """
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_depth: int = 16
+    max_parts: int = 1000
+    max_header_bytes: int = 256 * 1024
+    max_headers: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "max_depth", "max_parts", "max_header_bytes", "max_headers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"MimeLimits.{name} must be a positive integer, not {value!r}")
+
+
+@dataclass(frozen=True)
+class ContentType:
+    """A parsed Content-Type header field.
+
+    :ivar maintype: the top-level media type, lower case (``"application"``).
+    :ivar subtype: the subtype, lower case (``"pkcs7-mime"``).
+    :ivar params: parameters: names lower case, values unquoted, RFC 2231 continuations joined and
+        decoded. The first occurrence of a repeated parameter wins.
+
+    Spec: RFC 2045 section 5, RFC 2231 sections 3-4.
+    """
+
+    maintype: str
+    subtype: str
+    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+    @property
+    def mime_type(self) -> str:
+        """``maintype/subtype``, lower case, e.g. ``"application/pkcs7-mime"``."""
+        return f"{self.maintype}/{self.subtype}"
+
+    @classmethod
+    def parse(cls, value: str | None) -> ContentType:
+        """Parse a Content-Type field value, tolerantly.
+
+        Accepts parameters in any order, quoted or not, folded (CRLF plus whitespace), stray or repeated
+        parameters, comments, and missing spaces. A missing or unparsable type gives ``text/plain;
+        charset=us-ascii`` (RFC 2045 section 5.2). Never raises.
+
+        :param value: the field value (after the colon), folded or unfolded; ``None`` for an absent field.
+        :returns: the content type.
+
+        Spec: RFC 2045 sections 5.1-5.2, RFC 2231.
+        """
+        if not isinstance(value, str):
+            return _DEFAULT_CONTENT_TYPE
+        text = re.sub(r"\r\n|\n|\r", "", value)
+        head, _, rest = text.partition(";")
+        match = _TYPE.fullmatch(_COMMENT.sub("", head))
+        if match is None:
+            return _DEFAULT_CONTENT_TYPE
+        return cls(match.group(1).lower(), match.group(2).lower(), MappingProxyType(_parse_params(rest)))
+
+
+_DEFAULT_CONTENT_TYPE = ContentType("text", "plain", MappingProxyType({"charset": "us-ascii"}))
+
+
+def header_params(value: str) -> dict[str, str]:
+    """The parameters of a structured header field value such as Content-Type or Content-Disposition.
+
+    Everything before the first ``;`` (the type or disposition) is ignored.
+
+    :param value: the field value, folded or not.
+    :returns: parameter names (lower case) to unquoted values, RFC 2231 continuations joined. Never raises.
+
+    Spec: RFC 2045 section 5.1, RFC 2183 section 2, RFC 2231.
+    """
+    text = re.sub(r"\r\n|\n|\r", "", value)
+    return _parse_params(text.partition(";")[2])
+
+
+def _unquote(value: str) -> str:
+    if value.startswith('"'):
+        closed = len(value) > 1 and value.endswith('"') and not value.endswith('\\"')
+        inner = value[1:-1] if closed else value[1:]
+        return re.sub(r"\\(.)", r"\1", inner, flags=re.DOTALL)
+    return value
+
+
+def _decode_2231(value: str, charset: str | None) -> str:
+    raw = urllib.parse.unquote_to_bytes(value)
+    for encoding in (charset or "utf-8", "utf-8", "latin-1"):
+        try:
+            return raw.decode(encoding)
+        except (LookupError, UnicodeDecodeError, ValueError):
+            continue
+    return raw.decode("latin-1")  # pragma: no cover - latin-1 decodes anything
+
+
+def _parse_params(text: str) -> dict[str, str]:
+    simple: dict[str, str] = {}
+    # RFC 2231 pieces: name -> {index: (value, extended)}
+    pieces: dict[str, dict[int, tuple[str, bool]]] = {}
+    for match in _SEGMENT.finditer(text):
+        segment = match.group(0).strip()
+        name, eq, raw_value = segment.partition("=")
+        name = _COMMENT.sub("", name).strip().lower()
+        if not eq or not name or not _FIELD_NAME.fullmatch(name):
+            continue
+        value = raw_value.strip()
+        continuation = _CONTINUATION.match(name)
+        if continuation is not None:
+            if continuation.group(1) is not None:
+                base = continuation.group(1)
+                index, extended = int(continuation.group(2)), bool(continuation.group(3))
+            else:
+                base, index, extended = continuation.group(4), 0, True
+            slots = pieces.setdefault(base, {})
+            if index not in slots:
+                slots[index] = (value if extended else _unquote(value), extended)
+            continue
+        if name not in simple:
+            simple[name] = _unquote(value)
+    for base, slots in pieces.items():
+        charset: str | None = None
+        parts: list[str] = []
+        order = sorted(slots)
+        for index in order:
+            value, extended = slots[index]
+            if extended:
+                if index == order[0]:
+                    value = _unquote(value)
+                    fields = value.split("'", 2)
+                    if len(fields) == 3:
+                        charset, value = fields[0] or None, fields[2]
+                parts.append(_decode_2231(value, charset))
+            else:
+                parts.append(value)
+        # RFC 2231 parameters take precedence over a plain fallback of the same name.
+        simple[base] = "".join(parts)
+    return simple
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One MIME entity exactly as received.
+
+    ``raw == header_block + <blank line> + body`` holds, byte for byte.
+
+    :ivar raw: the exact bytes of the entity (a leading UTF-8 BOM, if any, removed).
+    :ivar header_block: the exact header bytes including the line ending of the last header line, without
+        the blank line.
+    :ivar headers: unfolded ``(name, value)`` pairs in order; names as received, values stripped of
+        surrounding whitespace, decoded from UTF-8 (Latin-1 when not valid UTF-8).
+    :ivar body: the exact body bytes.
+    :ivar content_type: the parsed Content-Type (``text/plain`` when absent).
+    :ivar defects: tolerated oddities, as short strings.
+
+    Spec: RFC 5322 sections 2.1-2.2, RFC 2045.
+    """
+
+    raw: bytes
+    header_block: bytes
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    content_type: ContentType
+    defects: tuple[str, ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """The value of the first field called ``name`` (case-insensitive), or ``None``."""
+        wanted = name.lower()
+        for field_name, value in self.headers:
+            if field_name.lower() == wanted:
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        """Values of every field called ``name`` (case-insensitive), in order."""
+        wanted = name.lower()
+        return [value for field_name, value in self.headers if field_name.lower() == wanted]
+
+    @property
+    def transfer_encoding(self) -> str:
+        """The Content-Transfer-Encoding, lower case, ``"7bit"`` when absent (RFC 2045 section 6.1)."""
+        return _transfer_encoding(self.header("Content-Transfer-Encoding"))
+
+
+def _transfer_encoding(value: str | None) -> str:
+    if value is None:
+        return "7bit"
+    cleaned = _COMMENT.sub("", value).partition(";")[0].strip().strip('"').strip().lower()
+    return cleaned or "7bit"
+
+
+def _error(message: str, defects: Sequence[str], **context: object) -> MessageFormatError:
+    return MessageFormatError(message, defects=tuple(defects), **context)
+
+
+def _decode_header_text(raw: bytes) -> str:
+    if raw.isascii():
+        return raw.decode("ascii")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _split_header_block(raw: bytes, limits: MimeLimits, defects: list[str]) -> tuple[int, int]:
+    """Return (end of header block, start of body) offsets in ``raw``."""
+    if raw.startswith(b"\r\n"):
+        return 0, 2
+    if raw[:1] in (b"\n", b"\r"):
+        return 0, 1
+    search_end = min(len(raw), limits.max_header_bytes + 4)
+    match = _HEADER_END.search(raw, 0, search_end)
+    if match is None:
+        if len(raw) > limits.max_header_bytes:
+            raise _error(
+                f"header block exceeds the limit of {limits.max_header_bytes} bytes",
+                defects,
+                limit=limits.max_header_bytes,
+            )
+        if raw:
+            defects.append(DEFECT_NO_SEPARATOR)
+        return len(raw), len(raw)
+    # Keep the last header line's line ending in the header block.
+    newline_length = 2 if raw[match.start() : match.start() + 2] == b"\r\n" else 1
+    header_end = match.start() + newline_length
+    if header_end > limits.max_header_bytes:
+        raise _error(
+            f"header block exceeds the limit of {limits.max_header_bytes} bytes",
+            defects,
+            limit=limits.max_header_bytes,
+        )
+    return header_end, match.end()
+
+
+def _header_fields(header_block: bytes) -> list[bytes]:
+    """Group the header block's lines into fields (each with its continuation lines and line endings)."""
+    fields: list[list[bytes]] = []
+    for line in header_block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)  # no bytes += here: a field of 100k folded lines stays linear
+        else:
+            fields.append([line])
+    return [b"".join(lines) for lines in fields]
+
+
+def _parse_headers(
+    header_block: bytes, limits: MimeLimits, defects: list[str]
+) -> tuple[tuple[str, str], ...]:
+    headers: list[tuple[str, str]] = []
+    if not header_block.isascii():
+        defects.append(DEFECT_NON_ASCII_HEADER)
+    long_line = False
+    for index, raw_field in enumerate(_header_fields(header_block)):
+        lines = raw_field.splitlines()
+        if any(len(line) > _MAX_LINE for line in lines):
+            long_line = True
+        if index == 0 and raw_field[:1] in (b" ", b"\t"):
+            defects.append(DEFECT_LEADING_CONTINUATION)
+            continue
+        unfolded = b"".join(lines)
+        name_bytes, colon, value_bytes = unfolded.partition(b":")
+        if not colon:
+            defects.append(DEFECT_NO_COLON)
+            continue
+        stripped_name = name_bytes.rstrip(b" \t")
+        if stripped_name != name_bytes:
+            defects.append(DEFECT_SPACE_BEFORE_COLON)
+        name = _decode_header_text(stripped_name)
+        if not _FIELD_NAME.fullmatch(name):
+            defects.append(DEFECT_BAD_NAME)
+            continue
+        headers.append((name, _decode_header_text(value_bytes).strip(" \t\r\n")))
+        if len(headers) > limits.max_headers:
+            raise _error(
+                f"more than {limits.max_headers} header fields in one entity",
+                defects,
+                limit=limits.max_headers,
+            )
+    if long_line:
+        defects.append(DEFECT_LONG_HEADER_LINE)
+    return tuple(headers)
+
+
+def parse_entity(raw: bytes, limits: MimeLimits = MimeLimits()) -> Entity:
+    """Split one MIME entity into header block and body, within bounds.
+
+    The header block ends at the first empty line (CRLF CRLF or LF LF, mixed endings tolerated); a
+    message with no empty line is all header and has an empty body. A leading UTF-8 BOM is stripped.
+    Nothing is copied into a new form: ``header_block`` and ``body`` are slices of ``raw``.
+
+    :param raw: the entity's bytes.
+    :param limits: size bounds: ``max_message_bytes`` for ``raw`` (bytes), ``max_header_bytes`` for the
+        header block (bytes), ``max_headers`` fields.
+    :returns: the entity with its defects (bare LF, BOM stripped, long or malformed header lines, ...).
+    :raises MessageFormatError: ``raw`` is not bytes or exceeds a bound.
+
+    Spec: RFC 5322 sections 2.1-2.2 and 3.5, RFC 2045 section 3; AS-6.
+    """
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise MessageFormatError(f"a MIME entity must be bytes, not {type(raw).__name__}")
+    raw = bytes(raw)
+    defects: list[str] = []
+    if len(raw) > limits.max_message_bytes:
+        raise _error(
+            f"message of {len(raw)} bytes exceeds the limit of {limits.max_message_bytes} bytes",
+            defects,
+            size=len(raw),
+            limit=limits.max_message_bytes,
+        )
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
+        defects.append(DEFECT_BOM)
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        defects.append(DEFECT_BARE_LF)
+    header_end, body_start = _split_header_block(raw, limits, defects)
+    header_block = raw[:header_end]
+    headers = _parse_headers(header_block, limits, defects)
+    content_types = [value for name, value in headers if name.lower() == "content-type"]
+    if len(content_types) > 1:
+        defects.append(DEFECT_DUPLICATE_CONTENT_TYPE)
+    content_type = ContentType.parse(content_types[0]) if content_types else _DEFAULT_CONTENT_TYPE
+    if content_types and content_type is _DEFAULT_CONTENT_TYPE:
+        defects.append(DEFECT_BAD_CONTENT_TYPE)
+    return Entity(
+        raw=raw,
+        header_block=header_block,
+        headers=headers,
+        body=raw[body_start:],
+        content_type=content_type,
+        defects=tuple(defects),
+    )
+
+
+# --- transfer encodings ---------------------------------------------------------------------------
+
+
+def _b64decode_tolerant(data: bytes, defects: Sequence[str] = ()) -> bytes:
+    compact = data.translate(None, _WHITESPACE)
+    stripped = compact.rstrip(b"=")
+    if stripped.translate(None, _B64_ALPHABET):
+        raise _error("invalid character in base64 content", defects)
+    if len(stripped) % 4 == 1:
+        raise _error("truncated base64 content", defects, length=len(stripped))
+    try:
+        return binascii.a2b_base64(stripped + b"=" * (-len(stripped) % 4))
+    except binascii.Error as exc:  # pragma: no cover - input validated above
+        raise _error(f"invalid base64 content: {exc}", defects) from exc
+
+
+def _b64encode_lines(data: bytes) -> bytes:
+    """Base64 in lines of 76 characters, each ended by CRLF (RFC 2045 section 6.8).
+
+    ``base64.encodebytes`` writes 76-character lines in C-sized chunks; one ``replace`` makes them CRLF.
+    """
+    return base64.encodebytes(data).replace(b"\n", CRLF)
+
+
+def decode_body(entity: Entity) -> bytes:
+    """Undo the entity's Content-Transfer-Encoding.
+
+    ``7bit``, ``8bit``, ``binary`` and an absent field return the body unchanged (the same object).
+    Base64 is decoded tolerantly: whitespace anywhere, lines of any length (one line of 1,600+
+    characters), missing or extra trailing padding. Quoted-printable accepts CRLF or bare LF soft breaks.
+
+    :param entity: the entity.
+    :returns: the decoded body bytes.
+    :raises MessageFormatError: base64 with a character outside the alphabet, padding inside the data, or
+        a truncated final quantum; or an unknown transfer encoding.
+
+    Spec: RFC 2045 sections 6.1-6.8.
+    """
+    encoding = entity.transfer_encoding
+    if encoding in _IDENTITY_ENCODINGS:
+        return entity.body
+    if encoding == "base64":
+        return _b64decode_tolerant(entity.body, entity.defects)
+    if encoding == "quoted-printable":
+        try:
+            return binascii.a2b_qp(entity.body)
+        except (binascii.Error, ValueError) as exc:  # pragma: no cover - a2b_qp is lenient
+            raise _error(f"invalid quoted-printable content: {exc}", entity.defects) from exc
+    raise _error(f"unknown Content-Transfer-Encoding {encoding!r}", entity.defects, encoding=encoding)
+
+
+def _to_crlf(data: bytes) -> bytes:
+    """Every bare LF and bare CR as CRLF; the same object when nothing changes."""
+    crlf = data.count(CRLF)
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+        return data
+    return data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+
+
+# --- multipart splitting ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Delimiter:
+    line_start: int  # where the newline preceding "--boundary" starts (it belongs to the delimiter)
+    after: int  # first byte after the delimiter line and its line ending
+    close: bool
+    has_newline: bool  # the delimiter line ends with a line ending (not at end of data)
+
+
+@dataclass
+class _Multipart:
+    preamble: bytes | None  # None: the body starts with the first delimiter
+    parts: list[tuple[int, int]]
+    closed: bool
+    epilogue: bytes | None  # None: the close delimiter is the end of data (no line ending after it)
+
+
+def _boundary_bytes(boundary: str) -> bytes:
+    try:
+        return boundary.encode("utf-8")
+    except UnicodeEncodeError:  # pragma: no cover - header text never holds lone surrogates
+        return boundary.encode("utf-8", "replace")
+
+
+def _split_multipart(
+    body: bytes, boundary: str, limits: MimeLimits, defects: list[str], *, required_closed: bool = False
+) -> _Multipart:
+    """Find the delimiter lines of a multipart body (RFC 2046 section 5.1.1) on the raw bytes."""
+    if not boundary:
+        raise _error("multipart without a boundary parameter", defects)
+    dash_boundary = re.escape(b"--" + _boundary_bytes(boundary))
+    # "(--)?" marks the close delimiter; transport padding; then a line ending or the end of data.
+    tail = rb"(--)?[ \t]*(?=\r\n|\n|\r|\Z)"
+    delimiters: list[_Delimiter] = []
+
+    def add(line_start: int, end: int, close: bool) -> None:
+        newline = 2 if body.startswith(b"\r\n", end) else (1 if end < len(body) else 0)
+        if delimiters:
+            line_start = max(line_start, delimiters[-1].after)
+        delimiters.append(_Delimiter(line_start, end + newline, close, newline > 0))
+        if len(delimiters) > limits.max_parts + 1:
+            raise _error(f"more than {limits.max_parts} body parts", defects, limit=limits.max_parts)
+
+    first = re.compile(dash_boundary + tail).match(body)
+    if first is not None:
+        add(0, first.end(), first.group(1) is not None)
+    if first is None or first.group(1) is None:
+        # The pattern starts with a line ending, so the regex engine skips ahead in C to candidates.
+        delimiter_line = re.compile(rb"(?:\r\n|\n|\r)" + dash_boundary + tail)
+        for match in delimiter_line.finditer(body, first.end() if first is not None else 0):
+            close = match.group(1) is not None
+            add(match.start(), match.end(), close)
+            if close:
+                break
+    if not delimiters:
+        raise _error("multipart body has no boundary delimiter", defects, boundary=boundary)
+    preamble = None if first is not None else body[: delimiters[0].line_start]
+    closed = delimiters[-1].close
+    parts: list[tuple[int, int]] = []
+    for current, following in itertools.pairwise(delimiters):
+        parts.append((current.after, following.line_start))
+    epilogue: bytes | None = None
+    if closed:
+        last = delimiters[-1]
+        epilogue = body[last.after :] if last.has_newline else None
+    else:
+        if required_closed:
+            raise _error("multipart without closing delimiter", defects, boundary=boundary)
+        defects.append(DEFECT_NO_CLOSE_DELIMITER)
+        parts.append((delimiters[-1].after, len(body)))
+    if not parts:
+        defects.append(DEFECT_NO_PARTS)
+    return _Multipart(preamble, parts, closed, epilogue)
+
+
+def _composite_body(entity: Entity, defects: list[str]) -> bytes:
+    """The body of a multipart or message entity, decoded if a peer illegally base64/QP-encoded it."""
+    encoding = entity.transfer_encoding
+    if encoding in _IDENTITY_ENCODINGS:
+        return entity.body
+    if encoding in ("base64", "quoted-printable"):
+        defects.append(DEFECT_ENCODED_COMPOSITE)
+        return decode_body(entity)
+    return entity.body
+
+
+# --- structure check ------------------------------------------------------------------------------
+
+
+def check_structure(raw: bytes, limits: MimeLimits = MimeLimits()) -> tuple[str, ...]:
+    """Walk the whole MIME tree and enforce the depth and part-count bounds.
+
+    Multipart bodies are split at their boundaries; message/rfc822 (and message/global) bodies are
+    parsed as messages (decoded first if a peer base64- or QP-encoded them).
+
+    :param raw: the message bytes.
+    :param limits: ``max_depth`` (nesting levels below the top entity), ``max_parts`` (entities in the
+        tree), and the per-entity bounds of :func:`parse_entity`.
+    :returns: every distinct defect seen, in walk order.
+    :raises MessageFormatError: a bound is exceeded; a multipart has no boundary parameter or no
+        delimiter line; an encoded message/rfc822 body cannot be decoded.
+
+    Spec: RFC 2046 sections 5.1 and 5.2.1, RFC 2045; DESIGN.md section 6.3.
+    """
+    defects: list[str] = []
+    counter = [0]
+    try:
+        _walk(raw, 0, limits, defects, counter)
+    except MessageFormatError as exc:
+        merged = tuple(defects) + tuple(d for d in exc.defects if d not in defects)
+        raise MessageFormatError(exc.message, defects=merged, **exc.context) from exc
+    except RecursionError as exc:
+        raise _error("MIME structure nested too deeply", defects) from exc
+    return tuple(dict.fromkeys(defects))
+
+
+def _enter(depth: int, limits: MimeLimits, defects: list[str], counter: list[int]) -> None:
+    counter[0] += 1
+    if counter[0] > limits.max_parts:
+        raise _error(f"more than {limits.max_parts} MIME parts", defects, limit=limits.max_parts)
+    if depth > limits.max_depth:
+        raise _error(f"MIME nesting deeper than {limits.max_depth}", defects, limit=limits.max_depth)
+
+
+def _walk(raw: bytes, depth: int, limits: MimeLimits, defects: list[str], counter: list[int]) -> None:
+    _enter(depth, limits, defects, counter)
+    entity = parse_entity(raw, limits)
+    defects.extend(entity.defects)
+    content_type = entity.content_type
+    if content_type.maintype == "multipart":
+        body = _composite_body(entity, defects)
+        structure = _split_multipart(body, content_type.params.get("boundary", ""), limits, defects)
+        for start, end in structure.parts:
+            _walk(body[start:end], depth + 1, limits, defects, counter)
+    elif content_type.mime_type in _MESSAGE_TYPES:
+        _walk(_composite_body(entity, defects), depth + 1, limits, defects, counter)
+
+
+# --- canonicalisation -----------------------------------------------------------------------------
+
+
+def canonicalize(message: bytes, limits: MimeLimits = MimeLimits()) -> bytes:
+    """The canonical form of a message, to be signed (and then never re-rendered).
+
+    * CRLF line endings everywhere (bare LF and bare CR become CRLF).
+    * Every leaf part that is not 7-bit-safe is re-encoded in base64 (76-character lines) and its
+      Content-Transfer-Encoding replaced: parts declared ``binary``; parts with NUL or 8-bit bytes; parts
+      with a line longer than 998 octets. Text parts (except UTF-16/32) are normalised to CRLF before
+      encoding; other types are encoded exactly as received (decoded first if base64/QP).
+    * A part declared ``8bit`` whose content is 7-bit-safe is relabelled ``7bit`` (bytes kept).
+    * Multipart and message/rfc822 entities are recursed into; a message/rfc822 body illegally encoded in
+      base64 or quoted-printable is decoded and labelled ``7bit`` (or left ``8bit`` when its header holds
+      8-bit bytes). Composite entities labelled 8bit/binary whose canonical body is 7-bit are relabelled.
+    * Parts already 7-bit-safe keep their bytes (only line endings fixed); headers keep their text,
+      folding included (only line endings fixed); non-ASCII header bytes are left as they are.
+    * The result ends with CRLF, and ``canonicalize(canonicalize(x)) == canonicalize(x)``.
+
+    :param message: the message bytes (RFC 5322 + MIME).
+    :param limits: bounds, as for :func:`check_structure`.
+    :returns: the canonical message bytes.
+    :raises MessageFormatError: a bound is exceeded; a multipart cannot be split; a body that has to be
+        re-encoded cannot be decoded (invalid base64, unknown transfer encoding).
+
+    Spec: AS-16; RFC 8551 section 3.1.1 (canonical text), RFC 2045 section 6, RFC 2046 section 5.1.
+    """
+    defects: list[str] = []
+    if len(message) > limits.max_message_bytes:
+        raise _error(
+            f"message of {len(message)} bytes exceeds the limit of {limits.max_message_bytes} bytes",
+            defects,
+            size=len(message),
+            limit=limits.max_message_bytes,
+        )
+    try:
+        result = _canonical_entity(message, 0, limits, defects, [0])
+    except RecursionError as exc:
+        raise _error("MIME structure nested too deeply", defects) from exc
+    if not result.endswith(CRLF):
+        result += CRLF
+    return result
+
+
+def _is_7bit_safe(data: bytes) -> bool:
+    """No NUL or 8-bit byte, no line over 998 octets (``data`` already CRLF-normalised)."""
+    return _is_ascii(data) and _LONG_LINE.search(data) is None
+
+
+def _is_ascii(data: bytes) -> bool:
+    """No NUL and no 8-bit byte (RFC 2045 section 2.7); ``bytes.isascii`` is a fast C scan."""
+    return data.isascii() and b"\x00" not in data
+
+
+def _replace_transfer_encoding(header_block: bytes, encoding: str) -> bytes:
+    """The CRLF header block with its Content-Transfer-Encoding field(s) replaced by one for ``encoding``."""
+    kept: list[bytes] = []
+    for raw_field in _header_fields(header_block):
+        name = raw_field.partition(b":")[0].strip().lower()
+        if name != b"content-transfer-encoding":
+            kept.append(raw_field)
+    kept.append(b"Content-Transfer-Encoding: " + encoding.encode("ascii") + CRLF)
+    return b"".join(kept)
+
+
+def _canonical_header_block(entity: Entity) -> bytes:
+    header_block = _to_crlf(entity.header_block)
+    if header_block and not header_block.endswith(CRLF):
+        header_block += CRLF
+    return header_block
+
+
+def _assemble(header_block: bytes, body: bytes) -> bytes:
+    return header_block + CRLF + body
+
+
+def _canonical_entity(
+    raw: bytes, depth: int, limits: MimeLimits, defects: list[str], counter: list[int]
+) -> bytes:
+    _enter(depth, limits, defects, counter)
+    entity = parse_entity(raw, limits)
+    defects.extend(entity.defects)
+    if not entity.raw:
+        return b""
+    header_block = _canonical_header_block(entity)
+    content_type = entity.content_type
+    encoding = entity.transfer_encoding
+    if content_type.maintype == "multipart":
+        body = _canonical_multipart(entity, depth, limits, defects, counter)
+        return _assemble(_relabel_composite(header_block, encoding, body), body)
+    if content_type.mime_type in _MESSAGE_TYPES:
+        inner = _composite_body(entity, defects)
+        body = _canonical_entity(inner, depth + 1, limits, defects, counter)
+        return _assemble(_relabel_composite(header_block, encoding, body), body)
+    return _canonical_leaf(entity, header_block, content_type, encoding)
+
+
+def _relabel_composite(header_block: bytes, encoding: str, body: bytes) -> bytes:
+    if encoding in ("7bit",):
+        return header_block
+    if encoding in ("8bit", "binary", "base64", "quoted-printable"):
+        target = "7bit" if _is_ascii(body) else "8bit"
+        if target != encoding:
+            return _replace_transfer_encoding(header_block, target)
+    return header_block
+
+
+def _canonical_multipart(
+    entity: Entity, depth: int, limits: MimeLimits, defects: list[str], counter: list[int]
+) -> bytes:
+    body = _composite_body(entity, defects)
+    boundary = entity.content_type.params.get("boundary", "")
+    structure = _split_multipart(body, boundary, limits, defects)
+    dash_boundary = b"--" + _boundary_bytes(boundary)
+    chunks: list[bytes] = []
+    if structure.preamble is not None:
+        chunks.append(_to_crlf(structure.preamble))
+        chunks.append(CRLF)
+    for index, (start, end) in enumerate(structure.parts):
+        if index:
+            chunks.append(CRLF)
+        chunks.append(dash_boundary + CRLF)
+        chunks.append(_canonical_entity(body[start:end], depth + 1, limits, defects, counter))
+    if structure.parts:
+        chunks.append(CRLF)
+    chunks.append(dash_boundary + b"--")
+    if structure.epilogue is not None:
+        chunks.append(CRLF)
+        chunks.append(_to_crlf(structure.epilogue))
+    return b"".join(chunks)
+
+
+def _is_text(content_type: ContentType) -> bool:
+    if content_type.maintype != "text":
+        return False
+    charset = content_type.params.get("charset", "").lower()
+    return not charset.startswith(_WIDE_CHARSETS)
+
+
+def _canonical_leaf(entity: Entity, header_block: bytes, content_type: ContentType, encoding: str) -> bytes:
+    text = _is_text(content_type)
+    if encoding in ("7bit", "8bit", "base64", "quoted-printable"):
+        normalised = _to_crlf(entity.body)
+        if _is_7bit_safe(normalised):
+            if encoding == "8bit":
+                header_block = _replace_transfer_encoding(header_block, "7bit")
+            return _assemble(header_block, normalised)
+        del normalised
+    elif encoding != "binary":
+        # An unknown encoding (x-uuencode, ...): we cannot decode it, so keep it, line endings fixed.
+        return _assemble(header_block, _to_crlf(entity.body))
+    payload = decode_body(entity)
+    if text:
+        payload = _to_crlf(payload)
+    return _assemble(_replace_transfer_encoding(header_block, "base64"), _b64encode_lines(payload))
+
+
+# --- wrapping -------------------------------------------------------------------------------------
+
+
+def wrap(message: bytes, *, copy_subject: bool = True) -> tuple[list[tuple[str, str]], bytes]:
+    """Protect the headers: enclose the whole message in a message/rfc822 entity, to be signed.
+
+    :param message: the original RFC 5322 message.
+    :param copy_subject: copy Subject to the outer headers (turn off to keep PHI out of them).
+    :returns: ``(outer_headers, entity)``: the unfolded ``(name, value)`` fields to put on the outer
+        message: From, To, Cc, Date, Message-ID, In-Reply-To, References and MIME-Version (``1.0`` added
+        when absent), and Subject when ``copy_subject``, in the message's order; never Bcc. ``entity`` is
+        ``b"Content-Type: message/rfc822\\r\\n\\r\\n" + canonicalize(message)``.
+    :raises MessageFormatError: the message cannot be parsed or canonicalised within the default bounds.
+
+    Spec: AS-12, AS-13 (no Bcc); RFC 8551 section 3.1; AS-16.
+    """
+    entity = parse_entity(message)
+    wanted = set(_WRAP_HEADERS)
+    if copy_subject:
+        wanted.add("subject")
+    outer = [(name, value) for name, value in entity.headers if name.lower() in wanted]
+    if not any(name.lower() == "mime-version" for name, _ in outer):
+        outer.append(("MIME-Version", "1.0"))
+    return outer, b"Content-Type: message/rfc822" + CRLF + CRLF + canonicalize(message)
+
+
+def unwrap(entity: Entity) -> bytes | None:
+    """The message inside a message/rfc822 wrapper, or ``None`` when the entity is not one.
+
+    A body in 7bit/8bit/binary is returned exactly as received; a body some peers illegally encode in
+    base64 or quoted-printable is decoded.
+
+    :param entity: the signed content entity.
+    :returns: the inner message's bytes, or ``None`` when the entity is not message/rfc822.
+    :raises MessageFormatError: an encoded body cannot be decoded.
+
+    Spec: AS-12; RFC 8551 section 3.1; RFC 2046 section 5.2.1.
+    """
+    if entity.content_type.mime_type not in _MESSAGE_TYPES:
+        return None
+    return decode_body(entity)
+
+
+# --- multipart/signed -----------------------------------------------------------------------------
+
+
+def build_multipart_signed(
+    entity: bytes, signature_der: bytes, digest: DigestAlgorithm, *, boundary: str | None = None
+) -> bytes:
+    """A complete multipart/signed entity around ``entity`` and its detached signature.
+
+    ``entity`` is spliced in exactly: it is the content between ``--boundary CRLF`` and the ``CRLF`` that
+    starts the next delimiter, i.e. exactly what was signed.
+
+    :param entity: the canonical entity that was signed (see :func:`canonicalize`, :func:`wrap`).
+    :param signature_der: the detached CMS SignedData, DER.
+    :param digest: the signature's digest algorithm, written as ``micalg``.
+    :param boundary: the boundary to use; by default a random one that does not occur in ``entity``.
+    :returns: the entity bytes: header, blank line, two body parts, close delimiter, CRLF.
+    :raises MessageFormatError: the given boundary is not a valid RFC 2046 boundary or occurs in ``entity``.
+
+    Spec: AS-7; RFC 1847 section 2.1; RFC 8551 section 3.5.3; RFC 2046 section 5.1.1.
+    """
+    if boundary is None:
+        boundary = _fresh_boundary(entity)
+    elif not _BOUNDARY.fullmatch(boundary) or b"--" + boundary.encode("ascii") in entity:
+        raise MessageFormatError(f"unusable multipart boundary {boundary!r}", boundary=boundary)
+    dash = b"--" + boundary.encode("ascii")
+    header = b"".join(
+        [
+            b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n',
+            b' micalg=%s; boundary="%s"\r\n' % (digest.value.encode("ascii"), boundary.encode("ascii")),
+        ]
+    )
+    encoded = _b64encode_lines(signature_der)
+    if encoded.endswith(CRLF):
+        encoded = encoded[:-2]
+    return b"".join(
+        [
+            header,
+            CRLF,
+            dash,
+            CRLF,
+            entity,
+            CRLF,
+            dash,
+            CRLF,
+            _SIGNATURE_PART_HEADER,
+            encoded,
+            CRLF,
+            dash,
+            b"--",
+            CRLF,
+        ]
+    )
+
+
+_SIGNATURE_PART_HEADER = (
+    b'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
+    b"Content-Transfer-Encoding: base64\r\n"
+    b'Content-Disposition: attachment; filename="smime.p7s"\r\n'
+    b"\r\n"
+)
+
+
+def _fresh_boundary(entity: bytes) -> str:
+    # "=_" cannot occur in quoted-printable text, and "=" never inside base64 lines.
+    while True:
+        boundary = "----=_hisp_" + secrets.token_hex(16)
+        if boundary.encode("ascii") not in entity:
+            return boundary
+
+
+@dataclass(frozen=True)
+class SignedParts:
+    """The two parts of a received multipart/signed entity.
+
+    :ivar content: part 1 exactly as received, between ``--boundary`` and its line ending and the line
+        ending before the next delimiter (headers + body): the bytes that were signed.
+    :ivar signature: part 2, decoded: the detached CMS SignedData (DER).
+    :ivar micalg: the ``micalg`` parameter as received (advisory), or ``None``.
+    :ivar protocol: the ``protocol`` parameter, or ``None``.
+    :ivar content_entity: ``parse_entity(content)``.
+    :ivar content_crlf: ``content`` with bare LF and bare CR converted to CRLF (the same object when it
+        already uses CRLF only), for peers whose transport rewrote line endings (AS-16).
+
+    Spec: RFC 1847 section 2.1; RFC 8551 section 3.5.3.
+    """
+
+    content: bytes
+    signature: bytes
+    micalg: str | None
+    protocol: str | None
+    content_entity: Entity
+    content_crlf: bytes
+
+
+def split_multipart_signed(entity: Entity, limits: MimeLimits = MimeLimits()) -> SignedParts:
+    """Split a received multipart/signed entity into the signed content and the signature.
+
+    Boundaries are found on the raw body; a delimiter is ``--boundary`` at the start of a line,
+    optionally followed by ``--`` (close) and spaces or tabs, then CRLF, LF or the end of data. The line
+    ending before a delimiter is not part of the content.
+
+    :param entity: the multipart/signed entity, as received.
+    :param limits: bounds for the parts (see :func:`parse_entity`).
+    :returns: the parts.
+    :raises MessageFormatError: not multipart/signed; no boundary; no delimiter or no closing delimiter;
+        not exactly two body parts (ETT DTS 207); part 2 not application/(x-)pkcs7-signature; the
+        signature cannot be decoded.
+
+    Spec: AS-7; RFC 1847 section 2.1; RFC 8551 section 3.5.3; RFC 2046 section 5.1.1.
+    """
+    defects = list(entity.defects)
+    content_type = entity.content_type
+    if content_type.mime_type != "multipart/signed":
+        raise _error(f"expected multipart/signed, found {content_type.mime_type}", defects)
+    body = entity.body
+    structure = _split_multipart(
+        body, content_type.params.get("boundary", ""), limits, defects, required_closed=True
+    )
+    if len(structure.parts) != 2:
+        raise _error(
+            f"multipart/signed must have exactly two body parts, found {len(structure.parts)}",
+            defects,
+            parts=len(structure.parts),
+        )
+    (content_start, content_end), (signature_start, signature_end) = structure.parts
+    content = body[content_start:content_end]
+    signature_entity = parse_entity(body[signature_start:signature_end], limits)
+    signature_type = signature_entity.content_type.mime_type
+    if signature_type not in _PKCS7_SIGNATURE:
+        raise _error(
+            f"the second part of multipart/signed is {signature_type}, not application/pkcs7-signature",
+            defects,
+            content_type=signature_type,
+        )
+    try:
+        signature = decode_body(signature_entity)
+    except MessageFormatError as exc:
+        raise _error(f"signature part: {exc.message}", defects) from exc
+    return SignedParts(
+        content=content,
+        signature=signature,
+        micalg=content_type.params.get("micalg"),
+        protocol=content_type.params.get("protocol"),
+        content_entity=parse_entity(content, limits),
+        content_crlf=_to_crlf(content),
+    )
+
+
+# --- application/pkcs7-mime -----------------------------------------------------------------------
+
+
+def smime_type(content_type: ContentType) -> str | None:
+    """What an application/pkcs7-mime (or x-pkcs7-mime) entity holds.
+
+    The ``smime-type`` parameter is read in any case and quoting. When it is absent, a ``name`` ending
+    in ``.p7m`` means enveloped-data, ``.p7c`` certs-only and ``.p7z`` compressed-data (RFC 8551 section
+    3.2.1 file suffixes).
+
+    :param content_type: the entity's content type.
+    :returns: ``"enveloped-data"``, ``"authEnveloped-data"``, ``"signed-data"``, ``"certs-only"``,
+        ``"compressed-data"``, or ``None`` (not pkcs7-mime, an unknown smime-type, or nothing to infer
+        from). Never raises.
+
+    Spec: RFC 8551 sections 3.2.1-3.2.2; AS-7.
+    """
+    if content_type.mime_type not in _PKCS7_MIME:
+        return None
+    declared = content_type.params.get("smime-type")
+    if declared is not None:
+        return _SMIME_TYPES.get(declared.strip().strip('"').strip().lower())
+    name = (content_type.params.get("name") or content_type.params.get("filename") or "").strip().lower()
+    if name.endswith(".p7m"):
+        return "enveloped-data"
+    if name.endswith(".p7c"):
+        return "certs-only"
+    if name.endswith(".p7z"):
+        return "compressed-data"
+    return None
+
+
+def _fold(name: str, value: str) -> bytes:
+    """``name: value`` folded at whitespace into lines of at most 78 characters where possible."""
+    line = f"{name}: {value}"
+    if len(line) <= _FOLD_AT:
+        return line.encode("utf-8")
+    out: list[str] = []
+    current = ""
+    for token in re.findall(r"[ \t]*[^ \t]+|[ \t]+$", line):
+        if current and len(current) + len(token) > _FOLD_AT and token[0] in " \t":
+            out.append(current)
+            current = token
+        else:
+            current += token
+    out.append(current)
+    return "\r\n".join(out).encode("utf-8")
+
+
+def build_enveloped_message(
+    outer_headers: Sequence[tuple[str, str]], der: bytes, *, authenticated: bool = False
+) -> bytes:
+    """The outgoing Direct message: outer headers over a base64 application/pkcs7-mime body.
+
+    Header values are written as given (UTF-8, never RFC 2047-encoded) and folded at whitespace to 78
+    characters where they can be. Content-Type, Content-Transfer-Encoding and Content-Disposition in
+    ``outer_headers`` are dropped (the envelope has its own); MIME-Version 1.0 is added when absent.
+
+    :param outer_headers: ``(name, value)`` fields, unfolded (see :func:`wrap`).
+    :param der: the CMS EnvelopedData or AuthEnvelopedData, DER.
+    :param authenticated: ``True`` for AuthEnvelopedData (AES-GCM): ``smime-type=authEnveloped-data``.
+    :returns: the message bytes, CRLF line endings, base64 in 76-character lines, ending with CRLF.
+    :raises MessageFormatError: a header name is not a valid field name, or a value holds a line break.
+
+    Spec: AS-7, requirements section 8.1; RFC 8551 sections 3.2-3.3 and 3.2.2 (authEnveloped-data);
+    RFC 5322 section 2.2.3 (folding).
+    """
+    lines: list[bytes] = []
+    has_version = False
+    for name, value in outer_headers:
+        if not _FIELD_NAME.fullmatch(name) or not name.isascii():
+            raise MessageFormatError(f"invalid header field name {name!r}", name=name)
+        if "\r" in value or "\n" in value:
+            raise MessageFormatError(f"header {name} holds a line break", name=name)
+        lowered = name.lower()
+        if lowered in _ENVELOPE_OWN_HEADERS:
+            continue
+        has_version = has_version or lowered == "mime-version"
+        lines.append(_fold(name, value.strip()))
+    if not has_version:
+        lines.append(b"MIME-Version: 1.0")
+    kind = b"authEnveloped-data" if authenticated else b"enveloped-data"
+    # Folded to keep within 78 characters (RFC 5322 section 2.1.1); unfolds to the one-line form.
+    lines.append(b"Content-Type: application/pkcs7-mime; smime-type=" + kind + b';\r\n name="smime.p7m"')
+    lines.append(b"Content-Transfer-Encoding: base64")
+    lines.append(b'Content-Disposition: attachment; filename="smime.p7m"')
+    return CRLF.join(lines) + CRLF + CRLF + _b64encode_lines(der)

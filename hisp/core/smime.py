@@ -1,0 +1,1499 @@
+"""CMS for Direct: SignedData, EnvelopedData and AuthEnvelopedData on DER bytes.
+
+Pure functions (DESIGN.md section 6.1): DER ContentInfo bytes in, bytes or typed verdicts out; no I/O, no
+clock (the signing time is passed in as ``at``). MIME framing (``application/pkcs7-mime``, multipart/signed)
+is the mime module's job.
+
+Built on asn1crypto structures and cryptography primitives (DESIGN.md section 3):
+
+* :func:`sign` / :func:`verify`: SignedData (RFC 5652 section 5, RFC 8551 section 2.5), RSA PKCS#1 v1.5,
+  RSASSA-PSS (verify only, RFC 4056) and ECDSA P-256/P-384 (RFC 5753); every SignerInfo checked (AS-15).
+* :func:`encrypt` / :func:`decrypt`: EnvelopedData with AES-CBC (RFC 5652 section 6, RFC 3565) and
+  AuthEnvelopedData with AES-GCM (RFC 5083, RFC 5084); RSA key transport PKCS#1 v1.5 or RSAES-OAEP
+  (RFC 8017, RFC 3560), one KeyTransRecipientInfo per recipient certificate (AS-11).
+
+Untrusted input is bounded: ``max_bytes`` caps the CMS size, and every parse failure becomes a
+:class:`~hisp.errors.MessageFormatError`. Large contents are processed with one hash or cipher context per
+operation over the caller's buffer; the only full-size copies are the cipher output and the final DER.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from asn1crypto import algos as asn1_algos
+from asn1crypto import cms as asn1_cms
+from asn1crypto import core as asn1_core
+from asn1crypto import x509 as asn1_x509
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.x509 import InvalidVersion
+
+from hisp.core.certs import Certificate, Credential
+from hisp.core.policy import (
+    ContentCipher,
+    DigestAlgorithm,
+    KeyTransport,
+    SecurityPolicy,
+    refuse_weak_algorithm,
+)
+from hisp.errors import (
+    ConfigError,
+    DecryptionError,
+    HispError,
+    MessageFormatError,
+    PolicyViolation,
+    SignatureError,
+)
+
+__all__ = [
+    "DEFAULT_CAPABILITIES",
+    "DEFAULT_MAX_BYTES",
+    "DecryptedContent",
+    "SignatureVerdict",
+    "SignerResult",
+    "SmimeCapabilities",
+    "algorithm_name",
+    "decrypt",
+    "encrypt",
+    "sign",
+    "verify",
+]
+
+#: Largest CMS structure accepted by :func:`verify` and :func:`decrypt` unless told otherwise: 64 MiB,
+#: room for a 25 MB referral with imaging (DESIGN.md section 3) after base64 and MIME overhead.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+# --- object identifiers (RFC 5652 section 14, RFC 5754, RFC 3565, RFC 5084, RFC 8017 appendix C) ---------
+_OID_DATA = "1.2.840.113549.1.7.1"
+_OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
+_OID_ENVELOPED_DATA = "1.2.840.113549.1.7.3"
+_OID_AUTH_ENVELOPED_DATA = "1.2.840.113549.1.9.16.1.23"
+_OID_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+_OID_RSAES_OAEP = "1.2.840.113549.1.1.7"
+_OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
+_OID_MGF1 = "1.2.840.113549.1.1.8"
+_OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+
+_NAMES: dict[str, str] = {
+    # digests
+    "1.2.840.113549.2.5": "MD5",
+    "1.2.840.113549.2.2": "MD2",
+    "1.3.14.3.2.26": "SHA-1",
+    "2.16.840.1.101.3.4.2.4": "SHA-224",
+    "2.16.840.1.101.3.4.2.1": "SHA-256",
+    "2.16.840.1.101.3.4.2.2": "SHA-384",
+    "2.16.840.1.101.3.4.2.3": "SHA-512",
+    # content encryption
+    "1.2.840.113549.3.7": "3DES",
+    "1.3.14.3.2.7": "DES",
+    "1.2.840.113549.3.2": "RC2",
+    "1.2.840.113549.3.4": "RC4",
+    "2.16.840.1.101.3.4.1.2": "AES-128-CBC",
+    "2.16.840.1.101.3.4.1.22": "AES-192-CBC",
+    "2.16.840.1.101.3.4.1.42": "AES-256-CBC",
+    "2.16.840.1.101.3.4.1.6": "AES-128-GCM",
+    "2.16.840.1.101.3.4.1.26": "AES-192-GCM",
+    "2.16.840.1.101.3.4.1.46": "AES-256-GCM",
+    # key transport and signatures
+    _OID_RSA_ENCRYPTION: "RSA",
+    _OID_RSAES_OAEP: "RSAES-OAEP",
+    _OID_RSASSA_PSS: "RSASSA-PSS",
+    _OID_MGF1: "MGF1",
+    "1.2.840.113549.1.1.4": "MD5withRSA",
+    "1.2.840.113549.1.1.5": "SHA1withRSA",
+    "1.2.840.113549.1.1.14": "SHA224withRSA",
+    "1.2.840.113549.1.1.11": "SHA256withRSA",
+    "1.2.840.113549.1.1.12": "SHA384withRSA",
+    "1.2.840.113549.1.1.13": "SHA512withRSA",
+    _OID_EC_PUBLIC_KEY: "ECDSA",
+    "1.2.840.10045.4.1": "SHA1withECDSA",
+    "1.2.840.10045.4.3.1": "SHA224withECDSA",
+    "1.2.840.10045.4.3.2": "SHA256withECDSA",
+    "1.2.840.10045.4.3.3": "SHA384withECDSA",
+    "1.2.840.10045.4.3.4": "SHA512withECDSA",
+    # content types
+    _OID_DATA: "Data",
+    _OID_SIGNED_DATA: "SignedData",
+    _OID_ENVELOPED_DATA: "EnvelopedData",
+    _OID_AUTH_ENVELOPED_DATA: "AuthEnvelopedData",
+}
+
+# digest OID -> (our enum or None, hash name for hashlib / cryptography)
+_DIGESTS: dict[str, tuple[DigestAlgorithm | None, str]] = {
+    "1.2.840.113549.2.5": (DigestAlgorithm.MD5, "md5"),
+    "1.3.14.3.2.26": (DigestAlgorithm.SHA1, "sha1"),
+    "2.16.840.1.101.3.4.2.4": (None, "sha224"),
+    "2.16.840.1.101.3.4.2.1": (DigestAlgorithm.SHA256, "sha256"),
+    "2.16.840.1.101.3.4.2.2": (DigestAlgorithm.SHA384, "sha384"),
+    "2.16.840.1.101.3.4.2.3": (DigestAlgorithm.SHA512, "sha512"),
+}
+_DIGEST_OID: dict[DigestAlgorithm, str] = {d: oid for oid, (d, _n) in _DIGESTS.items() if d is not None}
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "md5": hashes.MD5,
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+# signature OID -> (scheme, hash OID implied or None = take the SignerInfo digestAlgorithm)
+_SIGNATURE_ALGORITHMS: dict[str, tuple[str, str | None]] = {
+    _OID_RSA_ENCRYPTION: ("rsa-pkcs1", None),
+    "1.2.840.113549.1.1.4": ("rsa-pkcs1", "1.2.840.113549.2.5"),
+    "1.2.840.113549.1.1.5": ("rsa-pkcs1", "1.3.14.3.2.26"),
+    "1.3.14.3.2.29": ("rsa-pkcs1", "1.3.14.3.2.26"),
+    "1.2.840.113549.1.1.14": ("rsa-pkcs1", "2.16.840.1.101.3.4.2.4"),
+    "1.2.840.113549.1.1.11": ("rsa-pkcs1", "2.16.840.1.101.3.4.2.1"),
+    "1.2.840.113549.1.1.12": ("rsa-pkcs1", "2.16.840.1.101.3.4.2.2"),
+    "1.2.840.113549.1.1.13": ("rsa-pkcs1", "2.16.840.1.101.3.4.2.3"),
+    _OID_RSASSA_PSS: ("rsassa-pss", None),
+    _OID_EC_PUBLIC_KEY: ("ecdsa", None),
+    "1.2.840.10045.4": ("ecdsa", None),
+    "1.2.840.10045.4.1": ("ecdsa", "1.3.14.3.2.26"),
+    "1.2.840.10045.4.3.1": ("ecdsa", "2.16.840.1.101.3.4.2.4"),
+    "1.2.840.10045.4.3.2": ("ecdsa", "2.16.840.1.101.3.4.2.1"),
+    "1.2.840.10045.4.3.3": ("ecdsa", "2.16.840.1.101.3.4.2.2"),
+    "1.2.840.10045.4.3.4": ("ecdsa", "2.16.840.1.101.3.4.2.3"),
+}
+_ECDSA_SIGNATURE_OID: dict[DigestAlgorithm, str] = {
+    DigestAlgorithm.SHA256: "1.2.840.10045.4.3.2",
+    DigestAlgorithm.SHA384: "1.2.840.10045.4.3.3",
+    DigestAlgorithm.SHA512: "1.2.840.10045.4.3.4",
+    DigestAlgorithm.SHA1: "1.2.840.10045.4.1",
+}
+
+
+@dataclass(frozen=True)
+class _CipherSpec:
+    name: str
+    cipher: ContentCipher | None  # None: recognised, no ContentCipher member (AES-192)
+    key_size: int  # bytes
+    gcm: bool
+
+
+_CIPHERS: dict[str, _CipherSpec] = {
+    "2.16.840.1.101.3.4.1.2": _CipherSpec("AES-128-CBC", ContentCipher.AES128_CBC, 16, False),
+    "2.16.840.1.101.3.4.1.22": _CipherSpec("AES-192-CBC", None, 24, False),
+    "2.16.840.1.101.3.4.1.42": _CipherSpec("AES-256-CBC", ContentCipher.AES256_CBC, 32, False),
+    "2.16.840.1.101.3.4.1.6": _CipherSpec("AES-128-GCM", ContentCipher.AES128_GCM, 16, True),
+    "2.16.840.1.101.3.4.1.26": _CipherSpec("AES-192-GCM", None, 24, True),
+    "2.16.840.1.101.3.4.1.46": _CipherSpec("AES-256-GCM", ContentCipher.AES256_GCM, 32, True),
+}
+_CIPHER_OID: dict[ContentCipher, str] = {s.cipher: oid for oid, s in _CIPHERS.items() if s.cipher is not None}
+_WEAK_CIPHERS = {
+    "1.2.840.113549.3.7": "3DES",
+    "1.3.14.3.2.7": "DES",
+    "1.2.840.113549.3.2": "RC2",
+    "1.2.840.113549.3.4": "RC4",
+}
+
+_GCM_NONCE_BYTES = 12  # RFC 5084 section 3.2: "a nonce of 12 octets is RECOMMENDED"
+_GCM_TAG_BYTES = 16  # RFC 5084 section 3.2: ICV of 12 to 16 octets; we send the full 16
+_AES_BLOCK = 16
+
+
+class _GcmParameters(asn1_core.Sequence):
+    """GCMParameters, RFC 5084 section 3.2."""
+
+    _fields = [  # noqa: RUF012 - asn1crypto's declaration style
+        ("aes_nonce", asn1_core.OctetString),
+        ("aes_icv_len", asn1_core.Integer, {"default": 12}),
+    ]
+
+
+def algorithm_name(oid: str) -> str:
+    """The name of an algorithm for people and error messages: ``"3DES"``, ``"AES-128-CBC"``, ``"SHA-1"``.
+
+    :param oid: a dotted object identifier, e.g. ``"1.2.840.113549.3.7"``.
+    :returns: the name, or the OID itself when it is not one we know.
+    Spec: RFC 5652 section 14, RFC 5754, RFC 3565, RFC 5084, RFC 8017 appendix C.
+    """
+    return _NAMES.get(oid, oid)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Public values
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SmimeCapabilities:
+    """What we announce we can decrypt, in preference order (the smimeCapabilities signed attribute).
+
+    :ivar ciphers: content-encryption algorithms, strongest preferred first.
+    :ivar key_transports: RSA key transports; RSAES-OAEP is announced with SHA-256 parameters.
+    Spec: RFC 8551 section 2.5.2; RFC 3565 section 5 (AES-CBC, parameters absent); RFC 5084 section 5
+    (AES-GCM); RFC 3560 section 4 (RSAES-OAEP).
+    """
+
+    ciphers: tuple[ContentCipher, ...] = (
+        ContentCipher.AES256_GCM,
+        ContentCipher.AES128_GCM,
+        ContentCipher.AES256_CBC,
+        ContentCipher.AES128_CBC,
+    )
+    key_transports: tuple[KeyTransport, ...] = (KeyTransport.RSA_OAEP, KeyTransport.RSA_PKCS1)
+
+    def to_asn1(self) -> Any:
+        """The SMIMECapabilities value (asn1crypto ``SMIMECapabilites``, a SEQUENCE OF SMIMECapability).
+
+        :returns: the asn1crypto structure; ``.dump()`` gives its DER.
+        Spec: RFC 8551 section 2.5.2.
+        """
+        items: list[dict[str, Any]] = [{"capability_id": _CIPHER_OID[c]} for c in self.ciphers]
+        for transport in self.key_transports:
+            if transport is KeyTransport.RSA_OAEP:
+                items.append(
+                    {"capability_id": _OID_RSAES_OAEP, "parameters": asn1_core.Any.load(_oaep_params_der())}
+                )
+            else:
+                items.append({"capability_id": _OID_RSA_ENCRYPTION, "parameters": asn1_core.Null()})
+        return asn1_cms.SMIMECapabilites(items)
+
+
+#: The capabilities :func:`sign` announces by default: AES-256/128-GCM, AES-256/128-CBC, RSAES-OAEP, RSA.
+DEFAULT_CAPABILITIES = SmimeCapabilities()
+
+
+@dataclass(frozen=True)
+class SignerResult:
+    """One cryptographically valid SignerInfo.
+
+    :ivar certificate: the signer's certificate, found in the SignedData (not yet path-validated).
+    :ivar digest: the SignerInfo's digest algorithm (the micalg must match it, AS-7).
+    :ivar signature_algorithm: ``"rsa-pkcs1"``, ``"rsassa-pss"`` or ``"ecdsa"``.
+    :ivar signing_time: the signingTime signed attribute (aware, UTC), or None when absent.
+    """
+
+    certificate: Certificate
+    digest: DigestAlgorithm
+    signature_algorithm: str
+    signing_time: datetime | None
+
+
+@dataclass(frozen=True)
+class SignatureVerdict:
+    """The evidence of a verified SignedData: at least one signer is cryptographically valid.
+
+    :ivar valid_signers: the valid SignerInfos (one or more).
+    :ivar invalid_signers: ``(signer description, reason)`` for each SignerInfo that failed (AS-15).
+    :ivar certificates: every certificate the SignedData carries, in order.
+    :ivar content: the signed content: the bytes given for a detached signature, else the encapsulated ones.
+    """
+
+    valid_signers: tuple[SignerResult, ...]
+    invalid_signers: tuple[tuple[str, str], ...]
+    certificates: tuple[Certificate, ...]
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DecryptedContent:
+    """The result of :func:`decrypt`.
+
+    :ivar content: the decrypted content bytes (for Direct: a MIME entity).
+    :ivar cipher: the content-encryption algorithm used by the sender.
+    :ivar key_transport: ``"rsa-pkcs1"``, ``"rsa-oaep-sha1"``, ``"rsa-oaep-sha256"``, ...; when the MGF1 hash
+        differs from the OAEP hash it is appended, e.g. ``"rsa-oaep-sha256-mgf1-sha1"``.
+    :ivar recipient: the certificate of the credential that opened the envelope.
+    :ivar recipient_count: how many RecipientInfos the envelope carries (AS-11).
+    """
+
+    content: bytes = field(repr=False)
+    cipher: ContentCipher
+    key_transport: str
+    recipient: Certificate
+    recipient_count: int
+
+
+# --------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------
+
+
+def _oaep_params_der(hash_name: str = "sha256") -> bytes:
+    """RSAES-OAEP-params with ``hash_name`` for the hash and MGF1 (RFC 4055 section 4.1), as DER."""
+    return bytes(
+        asn1_algos.RSAESOAEPParams(
+            {
+                "hash_algorithm": {"algorithm": hash_name},
+                "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": hash_name}},
+            }
+        ).dump()
+    )
+
+
+def _parse_error(what: str, exc: BaseException) -> MessageFormatError:
+    return MessageFormatError(f"malformed {what}: {exc.__class__.__name__}: {exc}", structure=what)
+
+
+_PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    LookupError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    NotImplementedError,
+)
+
+
+def _check_input(data: bytes, max_bytes: int, what: str) -> None:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MessageFormatError(f"{what} must be bytes, not {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise MessageFormatError(
+            f"{what} of {len(data)} bytes exceeds the limit of {max_bytes} bytes",
+            size=len(data),
+            max_bytes=max_bytes,
+        )
+    if len(data) == 0:
+        raise MessageFormatError(f"{what} is empty")
+
+
+def _load_content_info(data: bytes, expected: tuple[str, ...], what: str) -> tuple[str, Any]:
+    """Parse a ContentInfo and return ``(content type OID, parsed content)``; MessageFormatError otherwise."""
+    try:
+        info = asn1_cms.ContentInfo.load(bytes(data) if not isinstance(data, bytes) else data, strict=True)
+        content_type = info["content_type"].dotted
+        if content_type not in expected:
+            raise MessageFormatError(
+                f"expected {' or '.join(algorithm_name(e) for e in expected)}, "
+                f"got ContentInfo of type {algorithm_name(content_type)}",
+                content_type=content_type,
+            )
+        content = info["content"]
+        if content is None or isinstance(content, asn1_core.Void):
+            raise MessageFormatError(f"{what}: ContentInfo has no content")
+        return content_type, content
+    except HispError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise _parse_error(what, exc) from None
+
+
+def _octets(value: Any) -> bytes:
+    """The bytes of a (possibly BER constructed) OCTET STRING."""
+    native = value.native
+    if not isinstance(native, bytes):
+        raise TypeError("expected an OCTET STRING")
+    return native
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    encoded = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(encoded)]) + encoded
+
+
+def _der_header(tag: int, length: int) -> bytes:
+    return bytes([tag]) + _der_length(length)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Large OCTET STRINGs without copies
+# --------------------------------------------------------------------------------------------------------
+# asn1crypto copies the contents of every nesting level it parses, so a 25 MB encapsulated or encrypted
+# content would be held four or five times. For plain DER input the big OCTET STRING is located with a
+# minimal TLV walker and cut out: asn1crypto parses the small remainder, the cipher or hash reads the
+# content through a memoryview of the caller's buffer. BER input (indefinite lengths, constructed
+# strings: ``openssl cms -stream``) and anything unexpected take the ordinary asn1crypto path.
+
+
+class _NotPlainDer(Exception):
+    """The walker met something it leaves to asn1crypto (indefinite length, high tag number, bad length)."""
+
+
+_Tlv = tuple[int, int, int, int]  # tag, header start, content start, content end
+
+
+def _read_tlv(buf: memoryview, pos: int, limit: int) -> _Tlv:
+    if pos + 2 > limit:
+        raise _NotPlainDer
+    tag = buf[pos]
+    if tag & 0x1F == 0x1F:
+        raise _NotPlainDer
+    first = buf[pos + 1]
+    if first < 0x80:
+        length, start = first, pos + 2
+    elif first == 0x80 or first - 0x80 > 8 or pos + 2 + first - 0x80 > limit:
+        raise _NotPlainDer
+    else:
+        count = first - 0x80
+        length, start = int.from_bytes(buf[pos + 2 : pos + 2 + count], "big"), pos + 2 + count
+    if start + length > limit:
+        raise _NotPlainDer
+    return tag, pos, start, start + length
+
+
+def _children(buf: memoryview, parent: _Tlv) -> list[_Tlv]:
+    result: list[_Tlv] = []
+    pos, end = parent[2], parent[3]
+    while pos < end:
+        tlv = _read_tlv(buf, pos, end)
+        result.append(tlv)
+        pos = tlv[3]
+    return result
+
+
+def _first(children: list[_Tlv], tag: int) -> _Tlv:
+    for child in children:
+        if child[0] == tag:
+            return child
+    raise _NotPlainDer
+
+
+_ENCODED_TYPES = {
+    oid: bytes(asn1_cms.ContentType(oid).dump())
+    for oid in (_OID_SIGNED_DATA, _OID_ENVELOPED_DATA, _OID_AUTH_ENVELOPED_DATA)
+}
+
+
+def _lift_content(data: bytes, expected: tuple[str, ...]) -> tuple[bytes, memoryview] | None:
+    """Cut the big OCTET STRING out of a plain-DER ContentInfo.
+
+    For SignedData the encapsulated content (encapContentInfo's ``[0] EXPLICIT OCTET STRING``) is removed;
+    for (Auth)EnvelopedData the ``[0] IMPLICIT`` encryptedContent. Returns the DER without it (lengths
+    fixed up, so it is still a valid ContentInfo) and a view of the content bytes; None when the input is
+    not plain DER of an expected type or carries no such content.
+    """
+    try:
+        buf = memoryview(data)
+        root = _read_tlv(buf, 0, len(buf))
+        if root[0] != 0x30 or root[3] != len(buf):
+            return None
+        info = _children(buf, root)
+        if len(info) != 2 or info[1][0] != 0xA0:
+            return None
+        encoded_type = bytes(buf[info[0][1] : info[0][3]])
+        if encoded_type not in {_ENCODED_TYPES[oid] for oid in expected}:
+            return None
+        (body,) = _children(buf, info[1])
+        holder = _first(_children(buf, body), 0x30)  # encapContentInfo or (auth)encryptedContentInfo
+        inner = _children(buf, holder)
+        if encoded_type == _ENCODED_TYPES[_OID_SIGNED_DATA]:
+            target = _first(inner, 0xA0)
+            (octets,) = _children(buf, target)
+            if octets[0] != 0x04:
+                return None  # constructed (BER) OCTET STRING
+            content = buf[octets[2] : octets[3]]
+        else:
+            target = _first(inner, 0x80)
+            content = buf[target[2] : target[3]]
+    except (_NotPlainDer, ValueError, IndexError):
+        return None
+    # New headers bottom-up: each ancestor loses the cut element and what its descendants' headers shrank.
+    removed = target[3] - target[1]
+    headers: list[bytes] = []
+    for tag, start, content_start, end in (holder, body, info[1], root):
+        header = _der_header(tag, end - content_start - removed)
+        removed += (content_start - start) - len(header)
+        headers.insert(0, header)
+    pieces: list[bytes | memoryview] = []
+    pos = 0
+    for header, (_, start, content_start, _) in zip(headers, (root, info[1], body, holder), strict=True):
+        pieces.append(buf[pos:start])
+        pieces.append(header)
+        pos = content_start
+    pieces.append(buf[pos : target[1]])
+    pieces.append(buf[target[3] :])
+    return b"".join(pieces), content
+
+
+@dataclass(frozen=True)
+class _CertIndex:
+    """Certificates indexed for SignerIdentifier / RecipientIdentifier look-ups."""
+
+    by_issuer_serial: dict[tuple[bytes, int], Certificate]
+    by_ski: dict[bytes, Certificate]
+
+    @classmethod
+    def build(cls, certificates: Sequence[Certificate]) -> _CertIndex:
+        by_issuer_serial: dict[tuple[bytes, int], Certificate] = {}
+        by_ski: dict[bytes, Certificate] = {}
+        for cert in certificates:
+            key = _issuer_serial_key(cert)
+            if key is not None:
+                by_issuer_serial.setdefault(key, cert)
+            ski = cert.subject_key_identifier
+            if ski:
+                by_ski.setdefault(bytes(ski), cert)
+        return cls(by_issuer_serial, by_ski)
+
+    def find(self, rid: _Identifier) -> Certificate | None:
+        if rid.ski is not None:
+            return self.by_ski.get(rid.ski)
+        assert rid.issuer_key is not None and rid.serial is not None
+        return self.by_issuer_serial.get((rid.issuer_key, rid.serial))
+
+
+def _name_key(name: Any) -> bytes:
+    """A comparison key for an X.501 Name: asn1crypto's normalised form (RFC 5280 section 7.1 matching)."""
+    try:
+        return bytes(name.hashable.encode("utf-8"))
+    except _PARSE_ERRORS:
+        return bytes(name.dump())
+
+
+def _issuer_serial_key(cert: Certificate) -> tuple[bytes, int] | None:
+    try:
+        parsed = asn1_x509.Certificate.load(cert.der)
+        return _name_key(parsed.issuer), int(parsed.serial_number)
+    except _PARSE_ERRORS:
+        return None
+
+
+@dataclass(frozen=True)
+class _Identifier:
+    """A SignerIdentifier or RecipientIdentifier: issuerAndSerialNumber or subjectKeyIdentifier."""
+
+    issuer_key: bytes | None
+    serial: int | None
+    ski: bytes | None
+    description: str
+
+    @classmethod
+    def parse(cls, choice: Any) -> _Identifier:
+        if choice.name == "subject_key_identifier":
+            ski = _octets(choice.chosen)
+            return cls(None, None, ski, f"subjectKeyIdentifier {ski.hex()}")
+        if choice.name != "issuer_and_serial_number":
+            raise ValueError(f"unknown identifier {choice.name}")
+        ias = choice.chosen
+        issuer = ias["issuer"]
+        serial = int(ias["serial_number"].native)
+        return cls(_name_key(issuer), serial, None, f"issuer {issuer.human_friendly}, serial {serial:#x}")
+
+    def matches(self, cert: Certificate) -> bool:
+        if self.ski is not None:
+            ski = cert.subject_key_identifier
+            return ski is not None and hmac.compare_digest(bytes(ski), self.ski)
+        return _issuer_serial_key(cert) == (self.issuer_key, self.serial)
+
+
+def _describe(cert: Certificate) -> str:
+    """``cert.describe()``, or its fingerprint when a field of this untrusted certificate cannot be parsed."""
+    try:
+        return cert.describe()
+    except _PARSE_ERRORS:
+        return f"certificate sha256={cert.fingerprint_sha256}"
+
+
+def _check_at(at: datetime) -> datetime:
+    if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        raise ConfigError("the time 'at' must be a timezone-aware datetime")
+    return at.astimezone(UTC).replace(microsecond=0)
+
+
+def _digest_name(oid: str, policy_name: str) -> tuple[DigestAlgorithm, str]:
+    """Our DigestAlgorithm and hash name for a digest OID; refuse MD5 and unknown digests."""
+    entry = _DIGESTS.get(oid)
+    if entry is None or entry[0] is None:
+        raise PolicyViolation(
+            f"digest algorithm {algorithm_name(oid)} not supported by policy {policy_name}", algorithm=oid
+        )
+    digest, hash_name = entry[0], entry[1]
+    assert digest is not None
+    if digest is DigestAlgorithm.MD5:
+        raise refuse_weak_algorithm("MD5", policy_name)
+    return digest, hash_name
+
+
+def _splice_encapsulated(der: bytes, content: bytes) -> bytes:
+    """Insert ``content`` as the eContent of a plain-DER ContentInfo(SignedData) that has none.
+
+    The inverse of :func:`_lift_content`: asn1crypto encodes the small SignedData, the content is copied
+    once, into the result.
+    """
+    buf = memoryview(der)
+    root = _read_tlv(buf, 0, len(buf))
+    info = _children(buf, root)
+    (body,) = _children(buf, info[1])
+    holder = _first(_children(buf, body), 0x30)  # encapContentInfo
+    octets_header = _der_header(0x04, len(content))
+    explicit_header = _der_header(0xA0, len(octets_header) + len(content))
+    added = len(explicit_header) + len(octets_header) + len(content)
+    headers: list[bytes] = []
+    for tag, start, content_start, end in (holder, body, info[1], root):
+        header = _der_header(tag, end - content_start + added)
+        added += len(header) - (content_start - start)
+        headers.insert(0, header)
+    pieces: list[bytes | memoryview] = []
+    pos = 0
+    for header, (_, start, content_start, _) in zip(headers, (root, info[1], body, holder), strict=True):
+        pieces.append(buf[pos:start])
+        pieces.append(header)
+        pos = content_start
+    pieces += [buf[pos : holder[3]], explicit_header, octets_header, content, buf[holder[3] :]]
+    return b"".join(pieces)
+
+
+# --------------------------------------------------------------------------------------------------------
+# sign
+# --------------------------------------------------------------------------------------------------------
+
+
+def _signing_time(at: datetime) -> Any:
+    # RFC 5652 section 11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
+    if 1950 <= at.year <= 2049:
+        return asn1_cms.Time({"utc_time": at})
+    return asn1_cms.Time({"general_time": at})
+
+
+def sign(
+    content: bytes,
+    credential: Credential,
+    *,
+    digest: DigestAlgorithm,
+    at: datetime,
+    detached: bool = True,
+    extra_certificates: Sequence[Certificate] = (),
+    capabilities: SmimeCapabilities = DEFAULT_CAPABILITIES,
+) -> bytes:
+    """Sign ``content`` and return a DER ContentInfo carrying a SignedData.
+
+    One SignerInfo, identified by issuerAndSerialNumber, with RSA PKCS#1 v1.5 (rsaEncryption) or, for an
+    EC key, ECDSA. Signed attributes: contentType, messageDigest, signingTime (= ``at``) and
+    smimeCapabilities. The certificates carried are the signer's, ``credential.chain`` and
+    ``extra_certificates``, duplicates dropped (a DER SET OF: encoded in canonical order, not this one).
+
+    :param content: the exact bytes to sign (for Direct: the canonical MIME entity, CRLF line ends).
+    :param credential: our signing certificate and key; its keyUsage must allow digitalSignature (AS-4).
+    :param digest: the digest algorithm (SHA-256, -384 or -512; SHA-1 and MD5 are refused, AS-8).
+    :param at: the signing time, a timezone-aware datetime (sub-second precision is dropped).
+    :param detached: True (default) for a detached signature (multipart/signed, AS-7); False to
+        encapsulate the content (application/pkcs7-mime; smime-type=signed-data).
+    :param extra_certificates: more certificates to carry, e.g. intermediates not in the chain.
+    :param capabilities: the smimeCapabilities to announce.
+    :returns: DER ContentInfo(SignedData).
+    :raises PolicyViolation: the certificate cannot sign (keyUsage), its key is neither RSA nor EC, or the
+        digest is SHA-1 or MD5.
+    :raises ConfigError: ``at`` is naive.
+    Spec: RFC 5652 section 5; RFC 8551 sections 2.5 and 2.5.2; RFC 5753 (ECDSA); AS-4, AS-7, AS-8.
+    """
+    if digest in (DigestAlgorithm.SHA1, DigestAlgorithm.MD5):
+        raise PolicyViolation(f"{digest.display_name} may not be used to sign (AS-8)", algorithm=digest.value)
+    return _sign(
+        content,
+        credential,
+        digest=digest,
+        at=at,
+        detached=detached,
+        extra_certificates=extra_certificates,
+        capabilities=capabilities,
+    )
+
+
+def _sign(
+    content: bytes,
+    credential: Credential,
+    *,
+    digest: DigestAlgorithm,
+    at: datetime,
+    detached: bool = True,
+    extra_certificates: Sequence[Certificate] = (),
+    capabilities: SmimeCapabilities | None = DEFAULT_CAPABILITIES,
+) -> bytes:
+    """:func:`sign` without the SHA-1 refusal: tests use it to make SHA-1 signatures for the verifier."""
+    at = _check_at(at)
+    certificate = credential.certificate
+    if not certificate.can_sign:
+        raise PolicyViolation(
+            f"certificate {certificate.describe()} cannot sign: keyUsage lacks digitalSignature (AS-4)",
+            certificate=certificate.describe(),
+        )
+    key = credential.private_key
+    if digest is DigestAlgorithm.MD5:
+        raise PolicyViolation("MD5 may not be used to sign (AS-8)", algorithm=digest.value)
+    digest_oid = _DIGEST_OID[digest]
+    hash_name = _DIGESTS[digest_oid][1]
+    message_digest = hashlib.new(hash_name, content).digest()
+
+    attributes = [
+        asn1_cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+        asn1_cms.CMSAttribute({"type": "signing_time", "values": [_signing_time(at)]}),
+        asn1_cms.CMSAttribute({"type": "message_digest", "values": [message_digest]}),
+    ]
+    if capabilities is not None:
+        attributes.append(
+            asn1_cms.CMSAttribute({"type": "smime_capabilities", "values": [capabilities.to_asn1()]})
+        )
+    # DER SET OF: elements sorted by their encodings (X.690 section 11.6). OpenSSL re-encodes signedAttrs
+    # canonically before verifying, so an unsorted SET would fail there.
+    attributes.sort(key=lambda a: bytes(a.dump()))
+    signed_attrs = asn1_cms.CMSAttributes(attributes)
+    to_sign = bytes(signed_attrs.dump())
+    hash_algorithm = _HASHES[hash_name]()
+
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(to_sign, padding.PKCS1v15(), hash_algorithm)
+        signature_algorithm: dict[str, Any] = {"algorithm": "rsassa_pkcs1v15"}
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        signature = key.sign(to_sign, ec.ECDSA(hash_algorithm))
+        signature_algorithm = {"algorithm": _ECDSA_SIGNATURE_OID[digest]}
+    else:
+        raise PolicyViolation(
+            f"signing key of type {type(key).__name__} not supported (RSA or ECDSA only)",
+            certificate=certificate.describe(),
+        )
+
+    parsed_cert = asn1_x509.Certificate.load(certificate.der)
+    signer_info = asn1_cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": asn1_cms.SignerIdentifier(
+                {
+                    "issuer_and_serial_number": {
+                        "issuer": parsed_cert.issuer,
+                        "serial_number": parsed_cert.serial_number,
+                    }
+                }
+            ),
+            "digest_algorithm": {"algorithm": digest_oid},
+            "signed_attrs": signed_attrs,
+            "signature_algorithm": signature_algorithm,
+            "signature": signature,
+        }
+    )
+    certificates: list[Any] = []
+    seen: set[bytes] = set()
+    for cert in (certificate, *credential.chain, *extra_certificates):
+        if cert.der in seen:
+            continue
+        seen.add(cert.der)
+        certificates.append(parsed_cert if cert is certificate else asn1_x509.Certificate.load(cert.der))
+    encap: dict[str, Any] = {"content_type": "data"}
+    signed_data = asn1_cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [{"algorithm": digest_oid}],
+            "encap_content_info": encap,
+            "certificates": certificates,
+            "signer_infos": [signer_info],
+        }
+    )
+    der = bytes(asn1_cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
+    return der if detached else _splice_encapsulated(der, content)
+
+
+# --------------------------------------------------------------------------------------------------------
+# verify
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SignerInfoData:
+    sid: _Identifier
+    digest_oid: str
+    signed_attrs_der: bytes | None  # the ORIGINAL encoding re-tagged as SET OF
+    content_type_attr: str | None
+    message_digest_attr: bytes | None
+    signing_time: datetime | None
+    signature_oid: str
+    signature_params: Any
+    signature: bytes
+
+
+def _single_value(attribute: Any, name: str) -> Any:
+    values = attribute["values"]
+    if len(values) != 1:
+        raise ValueError(f"signed attribute {name} must have exactly one value")
+    return values[0]
+
+
+def _parse_signer_info(si: Any) -> _SignerInfoData:
+    sid = _Identifier.parse(si["sid"])
+    digest_oid = si["digest_algorithm"]["algorithm"].dotted
+    signature_oid = si["signature_algorithm"]["algorithm"].dotted
+    signature_params = si["signature_algorithm"]["parameters"]
+    signature = _octets(si["signature"])
+    signed_attrs = si["signed_attrs"]
+    if isinstance(signed_attrs, asn1_core.Void) or signed_attrs is None:
+        return _SignerInfoData(
+            sid, digest_oid, None, None, None, None, signature_oid, signature_params, signature
+        )
+    # RFC 5652 section 5.4: the signature covers the DER of SignedAttributes with the SET OF tag; use the
+    # bytes received (untag() keeps the original contents, only the tag changes), never a re-serialisation.
+    signed_attrs_der = bytes(signed_attrs.untag().dump())
+    content_type = message_digest = signing_time = None
+    seen: set[str] = set()
+    for attribute in signed_attrs:
+        oid = attribute["type"].dotted
+        if oid in seen and oid in ("1.2.840.113549.1.9.3", "1.2.840.113549.1.9.4", "1.2.840.113549.1.9.5"):
+            raise ValueError(f"signed attribute {attribute['type'].native} appears twice")
+        seen.add(oid)
+        if oid == "1.2.840.113549.1.9.3":
+            content_type = _single_value(attribute, "contentType").dotted
+        elif oid == "1.2.840.113549.1.9.4":
+            message_digest = _octets(_single_value(attribute, "messageDigest"))
+        elif oid == "1.2.840.113549.1.9.5":
+            value = _single_value(attribute, "signingTime").native
+            if isinstance(value, datetime):
+                signing_time = value.astimezone(UTC)
+    return _SignerInfoData(
+        sid,
+        digest_oid,
+        signed_attrs_der,
+        content_type,
+        message_digest,
+        signing_time,
+        signature_oid,
+        signature_params,
+        signature,
+    )
+
+
+def _load_certificates(signed_data: Any) -> tuple[Certificate, ...]:
+    certs = signed_data["certificates"]
+    result: list[Certificate] = []
+    if isinstance(certs, asn1_core.Void) or certs is None:
+        return ()
+    for choice in certs:
+        if choice.name != "certificate":
+            continue  # attribute certificates and others are not signer certificates
+        try:
+            result.append(Certificate.from_der(bytes(choice.chosen.dump())))
+        except (HispError, InvalidVersion, *_PARSE_ERRORS):
+            continue  # a certificate we cannot load cannot be a signer we can check; others may still be
+    return tuple(result)
+
+
+def _pss_parameters(params: Any, hash_oid: str, policy: SecurityPolicy) -> tuple[padding.PSS, str]:
+    """RSASSA-PSS padding from RSASSA-PSS-params (RFC 4056 section 3); returns it and the hash OID."""
+    if isinstance(params, asn1_core.Void) or params is None:
+        raise PolicyViolation("RSASSA-PSS signature without parameters (SHA-1 defaults) refused")
+    parsed = asn1_algos.RSASSAPSSParams.load(bytes(params.dump()))
+    pss_hash_oid = parsed["hash_algorithm"]["algorithm"].dotted
+    mgf = parsed["mask_gen_algorithm"]
+    if mgf["algorithm"].dotted != _OID_MGF1:
+        name = algorithm_name(mgf["algorithm"].dotted)
+        raise PolicyViolation(f"RSASSA-PSS mask generation {name} unsupported")
+    mgf_hash_oid = mgf["parameters"]["algorithm"].dotted
+    if pss_hash_oid != hash_oid:
+        raise SignatureError("RSASSA-PSS hash differs from the SignerInfo digest algorithm")
+    _, mgf_hash_name = _digest_name(mgf_hash_oid, policy.name)
+    salt = int(parsed["salt_length"].native)
+    if parsed["trailer_field"].native not in ("trailer_field_bc", 1):
+        raise SignatureError("RSASSA-PSS trailer field unsupported")
+    return padding.PSS(mgf=padding.MGF1(_HASHES[mgf_hash_name]()), salt_length=salt), pss_hash_oid
+
+
+def _verify_signer(
+    info: _SignerInfoData,
+    index: _CertIndex,
+    econtent_type: str,
+    content: bytes,
+    digests: dict[str, bytes],
+    policy: SecurityPolicy,
+) -> SignerResult:
+    """Check one SignerInfo; raise PolicyViolation or SignatureError with the reason it fails."""
+    cert = index.find(info.sid)
+    if cert is None:
+        raise SignatureError("signer certificate not found")
+    digest, hash_name = _digest_name(info.digest_oid, policy.name)
+    policy.check_signature_digest(digest)
+
+    scheme_entry = _SIGNATURE_ALGORITHMS.get(info.signature_oid)
+    if scheme_entry is None:
+        raise PolicyViolation(
+            f"signature algorithm {algorithm_name(info.signature_oid)} not supported",
+            algorithm=info.signature_oid,
+        )
+    scheme, implied_hash_oid = scheme_entry
+    if implied_hash_oid is not None and implied_hash_oid != info.digest_oid:
+        implied, _ = _digest_name(implied_hash_oid, policy.name)
+        policy.check_signature_digest(implied)
+        raise SignatureError(
+            f"signature algorithm {algorithm_name(info.signature_oid)} "
+            f"does not match digest {digest.display_name}"
+        )
+
+    try:
+        public_key = cert.x509.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise PolicyViolation(f"signer key of {cert.describe()} is not supported") from None
+    hash_algorithm = _HASHES[hash_name]()
+    if scheme in ("rsa-pkcs1", "rsassa-pss"):
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            raise SignatureError(f"{scheme} signature but the signer key is not RSA")
+        policy.check_rsa_key_size(public_key.key_size, purpose="signer key")
+        pad: padding.AsymmetricPadding
+        if scheme == "rsassa-pss":
+            pad, _ = _pss_parameters(info.signature_params, info.digest_oid, policy)
+        else:
+            pad = padding.PKCS1v15()
+    else:
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise SignatureError("ECDSA signature but the signer key is not EC")
+        policy.check_curve(public_key.curve.name)
+
+    if info.digest_oid not in digests:
+        digests[info.digest_oid] = hashlib.new(hash_name, content).digest()
+    content_digest = digests[info.digest_oid]
+
+    if info.signed_attrs_der is not None:
+        if info.content_type_attr is None or info.message_digest_attr is None:
+            raise SignatureError("signed attributes lack contentType or messageDigest")
+        if info.content_type_attr != econtent_type:
+            raise SignatureError("contentType attribute does not match the encapsulated content type")
+        if not hmac.compare_digest(info.message_digest_attr, content_digest):
+            raise SignatureError("message digest mismatch")
+        data: bytes = info.signed_attrs_der
+        algorithm: hashes.HashAlgorithm | utils.Prehashed = hash_algorithm
+    else:
+        if econtent_type != _OID_DATA:
+            raise SignatureError("signed attributes are required when the content type is not id-data")
+        data = content_digest
+        algorithm = utils.Prehashed(hash_algorithm)
+
+    try:
+        if scheme == "ecdsa":
+            assert isinstance(public_key, ec.EllipticCurvePublicKey)
+            public_key.verify(info.signature, data, ec.ECDSA(algorithm))
+        else:
+            assert isinstance(public_key, rsa.RSAPublicKey)
+            public_key.verify(info.signature, data, pad, algorithm)
+    except InvalidSignature:
+        raise SignatureError("bad signature") from None
+    return SignerResult(
+        certificate=cert,
+        digest=digest,
+        signature_algorithm=scheme,
+        signing_time=info.signing_time,
+    )
+
+
+def verify(
+    signed_data: bytes,
+    *,
+    content: bytes | None = None,
+    policy: SecurityPolicy,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> SignatureVerdict:
+    """Verify every SignerInfo of a SignedData; succeed when at least one is valid.
+
+    For each SignerInfo (order-independent): find its certificate among those carried (issuerAndSerialNumber
+    or subjectKeyIdentifier), check the digest against the policy (MD5 always refused), check the key
+    (RSA size, EC curve), recompute the messageDigest over the exact content bytes, check the contentType
+    attribute, and verify the signature over the original DER of the signed attributes (or over the content
+    when there are none). Signatures: RSA PKCS#1 v1.5 (rsaEncryption or shaNWithRSAEncryption OIDs),
+    RSASSA-PSS, ECDSA. Trust and path validation are not done here: the security agent does them.
+
+    :param signed_data: DER (or BER) ContentInfo(SignedData), at most ``max_bytes`` bytes.
+    :param content: the signed bytes for a detached signature exactly as received (between the
+        multipart/signed boundaries); None when the content is encapsulated.
+    :param policy: the security policy (accepted digests, RSA key size, curves).
+    :param max_bytes: size limit of ``signed_data`` in bytes (default 64 MiB).
+    :returns: the verdict: valid signers, invalid signers with reasons, certificates and content.
+    :raises MessageFormatError: not a ContentInfo(SignedData), malformed, larger than ``max_bytes``, detached
+        without ``content``, or content both encapsulated and given.
+    :raises PolicyViolation: no signer is valid and at least one failed on policy (weak digest, short key,
+        curve, unsupported algorithm), e.g. ``"SHA-1 refused by policy direct-1.3"``.
+    :raises SignatureError: no signer is valid: ``"message digest mismatch"``, ``"bad signature"``,
+        ``"signer certificate not found"``, or the SignedData has no SignerInfo.
+    Spec: RFC 5652 sections 5.4 and 5.6; RFC 8551 section 2.5; RFC 4056; RFC 5753; AS-8, AS-14, AS-15.
+    """
+    _check_input(signed_data, max_bytes, "SignedData")
+    lifted = _lift_content(signed_data, (_OID_SIGNED_DATA,))
+    encapsulated: bytes | None = None
+    if lifted is not None:
+        signed_data, view = lifted
+        encapsulated = bytes(view)
+    _, sd = _load_content_info(signed_data, (_OID_SIGNED_DATA,), "SignedData")
+    try:
+        encap = sd["encap_content_info"]
+        econtent_type = encap["content_type"].dotted
+        econtent = encap["content"]
+        if not (isinstance(econtent, asn1_core.Void) or econtent is None):
+            encapsulated = _octets(econtent)
+        certificates = _load_certificates(sd)
+        infos = [_parse_signer_info(si) for si in sd["signer_infos"]]
+    except HispError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise _parse_error("SignedData", exc) from None
+
+    if content is None:
+        if encapsulated is None:
+            raise MessageFormatError("detached SignedData: the signed content must be given")
+        signed_content = encapsulated
+    else:
+        if encapsulated is not None:
+            raise MessageFormatError("SignedData encapsulates its content but detached content was given")
+        signed_content = content if isinstance(content, bytes) else bytes(content)
+    if not infos:
+        raise SignatureError("no signature: the SignedData has no SignerInfo")
+
+    index = _CertIndex.build(certificates)
+    digests: dict[str, bytes] = {}
+    valid: list[SignerResult] = []
+    failures: list[tuple[str, HispError]] = []
+    for info in infos:
+        description = info.sid.description
+        found = index.find(info.sid)
+        if found is not None:
+            description = _describe(found)
+        try:
+            valid.append(_verify_signer(info, index, econtent_type, signed_content, digests, policy))
+        except (PolicyViolation, SignatureError) as exc:
+            failures.append((description, exc))
+        except _PARSE_ERRORS as exc:  # malformed algorithm parameters of this SignerInfo
+            failures.append((description, _parse_error("SignerInfo", exc)))
+    invalid = tuple((d, e.message) for d, e in failures)
+    if not valid:
+        for _, failure in failures:
+            if isinstance(failure, PolicyViolation):
+                raise PolicyViolation(failure.message, signers=invalid)
+        first = failures[0][1]
+        if isinstance(first, MessageFormatError):
+            raise MessageFormatError(first.message, signers=invalid)
+        raise SignatureError(first.message, signers=invalid)
+    return SignatureVerdict(
+        valid_signers=tuple(valid),
+        invalid_signers=invalid,
+        certificates=certificates,
+        content=signed_content,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# encrypt
+# --------------------------------------------------------------------------------------------------------
+
+
+def _encrypt_content(content: bytes, cipher: ContentCipher) -> tuple[bytes, Any, list[bytes], bytes]:
+    """Encrypt with a fresh key; return (key, algorithm identifier, ciphertext pieces, GCM tag or b'')."""
+    key = os.urandom(cipher.key_size)
+    view = memoryview(content)
+    if cipher.authenticated:
+        nonce = os.urandom(_GCM_NONCE_BYTES)
+        params = _GcmParameters({"aes_nonce": nonce, "aes_icv_len": _GCM_TAG_BYTES})
+        algorithm = asn1_algos.EncryptionAlgorithm(
+            {"algorithm": _CIPHER_OID[cipher], "parameters": asn1_core.Any.load(bytes(params.dump()))}
+        )
+        gcm_encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+        pieces = [gcm_encryptor.update(view)]
+        gcm_encryptor.finalize()
+        return key, algorithm, pieces, gcm_encryptor.tag
+    iv = os.urandom(_AES_BLOCK)
+    algorithm = asn1_algos.EncryptionAlgorithm({"algorithm": _CIPHER_OID[cipher], "parameters": iv})
+    # PKCS#7 padding (RFC 5652 section 6.3) applied to the last partial block only: no copy of the content.
+    whole = len(content) - len(content) % _AES_BLOCK
+    pad = _AES_BLOCK - (len(content) - whole)
+    tail = bytes(view[whole:]) + bytes([pad]) * pad
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    pieces = [encryptor.update(view[:whole]), encryptor.update(tail), encryptor.finalize()]
+    return key, algorithm, pieces, b""
+
+
+def _check_recipient(cert: Certificate, recipient_identifier: str) -> rsa.RSAPublicKey:
+    """The recipient's RSA key; refuse a certificate we may not or cannot encrypt to."""
+    try:
+        public_key = cert.x509.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        public_key = None
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise PolicyViolation(
+            f"recipient certificate {cert.describe()} has a {cert.key_description} key, not RSA",
+            certificate=cert.describe(),
+        )
+    if not cert.can_encipher:
+        raise PolicyViolation(
+            f"recipient certificate {cert.describe()} cannot encipher: keyUsage lacks keyEncipherment (AS-4)",
+            certificate=cert.describe(),
+        )
+    if recipient_identifier == "ski":
+        ski = cert.subject_key_identifier
+        if not ski:
+            raise ConfigError(f"recipient certificate {cert.describe()} has no subjectKeyIdentifier")
+    return public_key
+
+
+def _recipient_info(
+    cert: Certificate, key: bytes, key_transport: KeyTransport, recipient_identifier: str
+) -> Any:
+    public_key = _check_recipient(cert, recipient_identifier)
+    if recipient_identifier == "ski":
+        ski = bytes(cert.subject_key_identifier or b"")
+        rid = asn1_cms.RecipientIdentifier({"subject_key_identifier": ski})
+        version = "v2"
+    else:
+        parsed = asn1_x509.Certificate.load(cert.der)
+        rid = asn1_cms.RecipientIdentifier(
+            {"issuer_and_serial_number": {"issuer": parsed.issuer, "serial_number": parsed.serial_number}}
+        )
+        version = "v0"
+    if key_transport is KeyTransport.RSA_OAEP:
+        encrypted_key = public_key.encrypt(
+            key, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+        )
+        algorithm = asn1_cms.KeyEncryptionAlgorithm(
+            {"algorithm": "rsaes_oaep", "parameters": asn1_algos.RSAESOAEPParams.load(_oaep_params_der())}
+        )
+    else:
+        encrypted_key = public_key.encrypt(key, padding.PKCS1v15())
+        algorithm = asn1_cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"})
+    return asn1_cms.RecipientInfo(
+        {
+            "ktri": {
+                "version": version,
+                "rid": rid,
+                "key_encryption_algorithm": algorithm,
+                "encrypted_key": encrypted_key,
+            }
+        }
+    )
+
+
+def encrypt(
+    content: bytes,
+    recipients: Sequence[Certificate],
+    *,
+    cipher: ContentCipher = ContentCipher.AES128_CBC,
+    key_transport: KeyTransport = KeyTransport.RSA_OAEP,
+    recipient_identifier: Literal["issuer_serial", "ski"] = "issuer_serial",
+) -> bytes:
+    """Encrypt ``content`` to every recipient certificate and return a DER ContentInfo.
+
+    AES-CBC gives an EnvelopedData; AES-GCM an AuthEnvelopedData with GCMParameters (12-byte nonce, 16-byte
+    ICV). One KeyTransRecipientInfo per certificate, in order (AS-11); RSAES-OAEP uses SHA-256 and
+    MGF1-SHA-256 with explicit RSAES-OAEP-params, PKCS#1 v1.5 uses rsaEncryption.
+
+    :param content: the bytes to encrypt (for Direct: the signed MIME entity). Not copied before encryption.
+    :param recipients: the recipients' encryption certificates (RSA, keyUsage keyEncipherment).
+    :param cipher: content-encryption algorithm (default AES-128-CBC, AS-9).
+    :param key_transport: RSA key transport (default RSAES-OAEP, AS-10).
+    :param recipient_identifier: ``"issuer_serial"`` (issuerAndSerialNumber, KTRI version 0) or ``"ski"``
+        (subjectKeyIdentifier, KTRI version 2).
+    :returns: DER ContentInfo(EnvelopedData) or ContentInfo(AuthEnvelopedData).
+    :raises ConfigError: no recipients, an unknown ``recipient_identifier``, or ``"ski"`` with a certificate
+        lacking the subjectKeyIdentifier extension.
+    :raises PolicyViolation: a recipient certificate that cannot encipher (AS-4) or whose key is not RSA.
+    Spec: RFC 5652 sections 6.1-6.3; RFC 5083; RFC 5084 section 3.2; RFC 3565; RFC 3560; RFC 8017
+    sections 7.1-7.2; AS-9, AS-10, AS-11.
+    """
+    if not recipients:
+        raise ConfigError("encrypt: no recipient certificates given")
+    if recipient_identifier not in ("issuer_serial", "ski"):
+        raise ConfigError(
+            f"unknown recipient_identifier {recipient_identifier!r}: use 'issuer_serial' or 'ski'"
+        )
+    cipher = ContentCipher(cipher)
+    key_transport = KeyTransport(key_transport)
+    for cert in recipients:  # check every recipient before the (possibly large) content is encrypted
+        _check_recipient(cert, recipient_identifier)
+    key, algorithm, pieces, tag = _encrypt_content(content, cipher)
+    infos = [_recipient_info(cert, key, key_transport, recipient_identifier) for cert in recipients]
+    recipient_infos = bytes(asn1_cms.RecipientInfos(infos).dump())
+    ciphertext_length = sum(len(p) for p in pieces)
+
+    # The DER is assembled by hand around the ciphertext so that it is copied once (into the result).
+    eci_head = bytes(asn1_cms.ContentType("data").dump()) + bytes(algorithm.dump())
+    ct_header = _der_header(0x80, ciphertext_length)  # [0] IMPLICIT OCTET STRING, primitive
+    eci_length = len(eci_head) + len(ct_header) + ciphertext_length
+    eci_header = _der_header(0x30, eci_length)
+    if cipher.authenticated:
+        version = bytes(asn1_core.Integer(0).dump())  # RFC 5083 section 2.1: always 0
+        trailer = bytes(asn1_core.OctetString(tag).dump())  # mac
+        outer_oid = bytes(asn1_cms.ContentType("authenticated_enveloped_data").dump())
+    else:
+        # RFC 5652 section 6.1: version 2 when any RecipientInfo is not version 0 (KTRI by SKI), else 0.
+        version = bytes(asn1_core.Integer(2 if recipient_identifier == "ski" else 0).dump())
+        trailer = b""
+        outer_oid = bytes(asn1_cms.ContentType("enveloped_data").dump())
+    body_length = len(version) + len(recipient_infos) + len(eci_header) + eci_length + len(trailer)
+    body_header = _der_header(0x30, body_length)
+    explicit_length = len(body_header) + body_length
+    explicit_header = _der_header(0xA0, explicit_length)
+    info_header = _der_header(0x30, len(outer_oid) + len(explicit_header) + explicit_length)
+    return b"".join(
+        [
+            info_header,
+            outer_oid,
+            explicit_header,
+            body_header,
+            version,
+            recipient_infos,
+            eci_header,
+            eci_head,
+            ct_header,
+            *pieces,
+            trailer,
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# decrypt
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _KeyTrans:
+    rid: _Identifier
+    algorithm_oid: str
+    parameters: Any
+    encrypted_key: bytes
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    recipients: tuple[_KeyTrans, ...]
+    recipient_count: int
+    cipher_oid: str
+    cipher_params: Any
+    ciphertext: memoryview
+    mac: bytes | None
+    auth_attrs_der: bytes | None
+
+
+def _parse_envelope(content_type: str, body: Any, ciphertext: memoryview | None) -> _Envelope:
+    authenticated = content_type == _OID_AUTH_ENVELOPED_DATA
+    infos = body["recipient_infos"]
+    recipients: list[_KeyTrans] = []
+    count = 0
+    for info in infos:
+        count += 1
+        if info.name != "ktri":
+            continue  # KARI, KEKRI, PWRI, ORI: not for RSA credentials
+        ktri = info.chosen
+        alg = ktri["key_encryption_algorithm"]
+        recipients.append(
+            _KeyTrans(
+                rid=_Identifier.parse(ktri["rid"]),
+                algorithm_oid=alg["algorithm"].dotted,
+                parameters=alg["parameters"],
+                encrypted_key=_octets(ktri["encrypted_key"]),
+            )
+        )
+    eci = body["auth_encrypted_content_info" if authenticated else "encrypted_content_info"]
+    algorithm = eci["content_encryption_algorithm"]
+    encrypted = eci["encrypted_content"]
+    if ciphertext is None:
+        if isinstance(encrypted, asn1_core.Void) or encrypted is None:
+            raise MessageFormatError(
+                "the encrypted content is absent (detached EnvelopedData is unsupported)"
+            )
+        ciphertext = memoryview(_octets(encrypted))
+    mac = auth_attrs_der = None
+    if authenticated:
+        mac = _octets(body["mac"])
+        auth_attrs = body["auth_attrs"]
+        if not (isinstance(auth_attrs, asn1_core.Void) or auth_attrs is None):
+            auth_attrs_der = bytes(auth_attrs.untag().dump())  # RFC 5083 section 2.2: AAD is the SET OF DER
+    return _Envelope(
+        recipients=tuple(recipients),
+        recipient_count=count,
+        cipher_oid=algorithm["algorithm"].dotted,
+        cipher_params=algorithm["parameters"],
+        ciphertext=ciphertext,
+        mac=mac,
+        auth_attrs_der=auth_attrs_der,
+    )
+
+
+def _oaep_padding(parameters: Any, policy_name: str) -> tuple[padding.OAEP, str]:
+    """OAEP padding from RSAES-OAEP-params (absent or empty: SHA-1 defaults, RFC 8017 appendix A.2.1)."""
+    if isinstance(parameters, asn1_core.Void) or parameters is None:
+        parsed = asn1_algos.RSAESOAEPParams({})
+    elif isinstance(parameters, asn1_algos.RSAESOAEPParams):
+        parsed = parameters
+    else:
+        parsed = asn1_algos.RSAESOAEPParams.load(bytes(parameters.dump()))
+    hash_oid = parsed["hash_algorithm"]["algorithm"].dotted
+    mgf = parsed["mask_gen_algorithm"]
+    if mgf["algorithm"].dotted != _OID_MGF1:
+        raise ValueError("OAEP mask generation function is not MGF1")
+    mgf_hash_oid = mgf["parameters"]["algorithm"].dotted
+    _, hash_name = _digest_name(hash_oid, policy_name)
+    _, mgf_hash_name = _digest_name(mgf_hash_oid, policy_name)
+    label = parsed["p_source_algorithm"]["parameters"].native or None
+    name = f"rsa-oaep-{hash_name}" + ("" if mgf_hash_name == hash_name else f"-mgf1-{mgf_hash_name}")
+    return (
+        padding.OAEP(mgf=padding.MGF1(_HASHES[mgf_hash_name]()), algorithm=_HASHES[hash_name](), label=label),
+        name,
+    )
+
+
+def _unwrap_key(
+    recipient: _KeyTrans, private_key: rsa.RSAPrivateKey, key_size: int, policy_name: str
+) -> tuple[bytes | None, str]:
+    """The content-encryption key, or None when it certainly cannot be unwrapped (OAEP failure)."""
+    if recipient.algorithm_oid == _OID_RSA_ENCRYPTION:
+        # Bleichenbacher countermeasure (RFC 3218 section 2.3.2): on any failure carry on with a random key
+        # so that the failure shows up as a content decryption error, indistinguishable from a bad padding.
+        substitute = os.urandom(key_size)
+        try:
+            key = private_key.decrypt(recipient.encrypted_key, padding.PKCS1v15())
+        except ValueError:
+            key = substitute
+        if len(key) != key_size:
+            key = substitute
+        return key, "rsa-pkcs1"
+    try:
+        oaep, name = _oaep_padding(recipient.parameters, policy_name)
+    except (PolicyViolation, *_PARSE_ERRORS):
+        return None, "rsa-oaep"
+    try:
+        key = private_key.decrypt(recipient.encrypted_key, oaep)
+    except ValueError:
+        return None, name
+    return (key if len(key) == key_size else None), name
+
+
+def _decrypt_content(
+    envelope: _Envelope, spec: _CipherSpec, key: bytes, params: bytes | tuple[bytes, int]
+) -> bytes | None:
+    """Decrypt the content; None on a bad padding or tag (caller raises one message for every failure)."""
+    ciphertext = envelope.ciphertext
+    if isinstance(params, tuple):
+        nonce, icv_len = params
+        tag = envelope.mac or b""
+        if len(tag) != icv_len:
+            return None
+        gcm = Cipher(algorithms.AES(key), modes.GCM(nonce, tag, min_tag_length=len(tag))).decryptor()
+        if envelope.auth_attrs_der is not None:
+            gcm.authenticate_additional_data(envelope.auth_attrs_der)
+        plaintext = gcm.update(ciphertext)
+        try:
+            gcm.finalize()
+        except InvalidTag:
+            return None
+        return plaintext
+    if len(ciphertext) == 0 or len(ciphertext) % _AES_BLOCK:
+        return None
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(params)).decryptor()
+    plaintext = decryptor.update(ciphertext)
+    decryptor.finalize()
+    pad = plaintext[-1]
+    if not 1 <= pad <= _AES_BLOCK or not hmac.compare_digest(plaintext[-pad:], bytes([pad]) * pad):
+        return None
+    return plaintext[:-pad]
+
+
+def _cipher_parameters(
+    envelope: _Envelope, spec: _CipherSpec, authenticated: bool
+) -> bytes | tuple[bytes, int]:
+    params = envelope.cipher_params
+    if spec.gcm != authenticated:
+        raise MessageFormatError(
+            f"{spec.name} in {'AuthEnvelopedData' if authenticated else 'EnvelopedData'} is not allowed "
+            "(RFC 5083: AES-GCM only in AuthEnvelopedData, AES-CBC only in EnvelopedData)"
+        )
+    if spec.gcm:
+        gcm = _GcmParameters.load(bytes(params.dump()))
+        nonce = _octets(gcm["aes_nonce"])
+        icv_len = int(gcm["aes_icv_len"].native)
+        if not 8 <= len(nonce) <= 128 or not 12 <= icv_len <= 16:
+            raise ValueError("GCMParameters out of range (nonce 8-128 bytes, ICV 12-16 bytes)")
+        return nonce, icv_len
+    iv = params.native if isinstance(params, asn1_core.OctetString) else None
+    if not isinstance(iv, bytes) or len(iv) != _AES_BLOCK:
+        raise ValueError("AES-CBC parameters must be a 16-byte IV")
+    return iv
+
+
+def decrypt(
+    enveloped: bytes,
+    credentials: Sequence[Credential],
+    *,
+    policy: SecurityPolicy,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DecryptedContent:
+    """Decrypt an EnvelopedData or AuthEnvelopedData with whichever of our credentials it is addressed to.
+
+    KeyTransRecipientInfos are matched by issuerAndSerialNumber or subjectKeyIdentifier against every
+    credential (AS-4: single-use and dual-use alike); other RecipientInfo kinds are skipped. When a match
+    cannot be unwrapped the next one is tried. Key transport: RSA PKCS#1 v1.5 and RSAES-OAEP with whatever
+    hash and MGF1 hash the parameters name (SHA-1 defaults when absent). For PKCS#1 v1.5 an unwrap failure
+    continues with a random key (Bleichenbacher countermeasure), so every failure shows as the same content
+    decryption error.
+
+    :param enveloped: DER (or BER) ContentInfo(EnvelopedData | AuthEnvelopedData), at most ``max_bytes``.
+    :param credentials: our credentials (certificate and RSA private key); EC credentials are ignored.
+    :param policy: the security policy (accepted content-encryption algorithms, AS-9).
+    :param max_bytes: size limit of ``enveloped`` in bytes (default 64 MiB).
+    :returns: the content, the algorithms used, the credential's certificate and the RecipientInfo count.
+    :raises MessageFormatError: not a ContentInfo of those types, malformed, larger than ``max_bytes``, or
+        the algorithm does not fit the content type (GCM in EnvelopedData, CBC in AuthEnvelopedData).
+    :raises PolicyViolation: 3DES, DES, RC2 or RC4 (refused by name, AS-9), an algorithm the policy does not
+        accept, or one not supported (AES-192 has no :class:`ContentCipher`).
+    :raises DecryptionError: ``"no recipient matches our keys"``, or ``"content decryption failed"``
+        (wrong key, bad padding, GCM tag mismatch, malformed ciphertext).
+    Spec: RFC 5652 sections 6.2 and 6.4; RFC 5083; RFC 5084; RFC 3565; RFC 3560; RFC 8017 sections 7.1-7.2;
+    RFC 3218 section 2.3.2; AS-4, AS-9, AS-10, AS-14.
+    """
+    _check_input(enveloped, max_bytes, "EnvelopedData")
+    expected = (_OID_ENVELOPED_DATA, _OID_AUTH_ENVELOPED_DATA)
+    lifted = _lift_content(enveloped, expected)
+    ciphertext: memoryview | None = None
+    if lifted is not None:
+        enveloped, ciphertext = lifted
+    content_type, body = _load_content_info(enveloped, expected, "EnvelopedData")
+    authenticated = content_type == _OID_AUTH_ENVELOPED_DATA
+    try:
+        envelope = _parse_envelope(content_type, body, ciphertext)
+    except HispError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise _parse_error("EnvelopedData", exc) from None
+
+    weak = _WEAK_CIPHERS.get(envelope.cipher_oid)
+    if weak is not None:
+        raise refuse_weak_algorithm(weak, policy.name)
+    spec = _CIPHERS.get(envelope.cipher_oid)
+    if spec is None or spec.cipher is None:
+        raise PolicyViolation(
+            f"content encryption {algorithm_name(envelope.cipher_oid)} not supported by policy {policy.name}",
+            algorithm=algorithm_name(envelope.cipher_oid),
+        )
+    policy.check_cipher(spec.cipher)
+    try:
+        params = _cipher_parameters(envelope, spec, authenticated)
+    except HispError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise _parse_error("content-encryption parameters", exc) from None
+
+    candidates: list[tuple[_KeyTrans, Credential]] = []
+    for recipient in envelope.recipients:
+        if recipient.algorithm_oid not in (_OID_RSA_ENCRYPTION, _OID_RSAES_OAEP):
+            continue
+        for credential in credentials:
+            if isinstance(credential.private_key, rsa.RSAPrivateKey) and recipient.rid.matches(
+                credential.certificate
+            ):
+                candidates.append((recipient, credential))
+    if not candidates:
+        raise DecryptionError(
+            "no recipient matches our keys",
+            recipients=tuple(r.rid.description for r in envelope.recipients),
+        )
+
+    for recipient, credential in candidates:
+        assert isinstance(credential.private_key, rsa.RSAPrivateKey)
+        key, transport = _unwrap_key(recipient, credential.private_key, spec.key_size, policy.name)
+        if key is None:
+            continue
+        plaintext = _decrypt_content(envelope, spec, key, params)
+        if plaintext is None:
+            continue
+        return DecryptedContent(
+            content=plaintext,
+            cipher=spec.cipher,
+            key_transport=transport,
+            recipient=credential.certificate,
+            recipient_count=envelope.recipient_count,
+        )
+    raise DecryptionError("content decryption failed", cipher=spec.name)

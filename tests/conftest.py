@@ -1,0 +1,29 @@
+"""Shared test helpers: where the fixtures live and the pinned validation time.
+
+Fixtures are read in place from the shared fixture tree (see its MANIFEST.md for provenance); they are
+never copied into this repository.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+#: The shared fixture tree (public test data from other projects, byte for byte).
+FIXTURES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures").resolve()
+
+#: The pinned "now" of the tests: several fixture certificates are valid then and expired later.
+AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
+
+
+def fixture_bytes(relpath: str) -> bytes:
+    """The bytes of a fixture file, e.g. ``fixture_bytes("ett/certificates/ett.healthit.gov.der")``."""
+    return (FIXTURES / relpath).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def at() -> datetime:
+    """The pinned validation time :data:`AT`."""
+    return AT
