@@ -120,7 +120,7 @@ class Certificate:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_SERIAL_WARNING)
                 cert = cx509.load_der_x509_certificate(der)
-        except ValueError as exc:
+        except (ValueError, cx509.InvalidVersion) as exc:
             raise CertificateError(f"not a DER X.509 certificate: {exc}") from None
         return cls._checked(cert, der)
 
@@ -145,9 +145,12 @@ class Certificate:
                 _ = cert.extensions
                 _ = cert.serial_number
                 _ = cert.not_valid_after_utc
-        except ValueError as exc:
-            raise CertificateError(f"certificate has a malformed extension: {exc}") from None
-        return cls(cert, der)
+                checked = cls(cert, der)
+                # names and key are read by every verdict and error message: they must not fail later
+                _ = checked.describe(), checked.key_description, checked.issuer
+        except (ValueError, KeyError, TypeError, cx509.InvalidVersion) as exc:
+            raise CertificateError(f"certificate has a malformed field or extension: {exc}") from None
+        return checked
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Certificate):
