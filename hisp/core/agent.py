@@ -521,8 +521,9 @@ class SecurityAgent:
                     cert, sender=sender, intermediates=verdict.certificates, at=at, policy=self.policy
                 )
             except SecurityError as exc:
-                rejected.append((cert.describe(), exc.message))
-                first_error = first_error or exc
+                named = _name_role(exc, "signer")
+                rejected.append((cert.describe(), named.message))
+                first_error = first_error or named
                 continue
             return cert, binding, path, rejected
         if first_error is not None:
@@ -536,6 +537,14 @@ class SecurityAgent:
 
 
 _CONTENT_FIELD = re.compile(rb"^content-", re.IGNORECASE)
+
+
+def _name_role(exc: SecurityError, role: str) -> SecurityError:
+    """The same trust failure, saying whose certificate failed: ``"untrusted signer: ..."``."""
+    if isinstance(exc, TrustError):
+        detail = exc.message.removeprefix(f"{exc.reason}: ")
+        return TrustError(f"{exc.reason} {role}: {detail}", reason=exc.reason, **exc.context)
+    return exc
 
 
 def _single_address(entity: mime.Entity, name: str) -> DirectAddress:

@@ -364,3 +364,50 @@ def test_as5_short_recipient_key_refused(pki: TestPKI, agent: SecurityAgent) -> 
             recipients={DirectAddress.parse(RECIPIENT): [weak.certificate]},
             at=AT,
         )
+
+
+# -- accepted input variants ------------------------------------------------------------------------
+
+
+def test_opaque_signed_data_inside_the_envelope_is_accepted(pki: TestPKI, agent: SecurityAgent) -> None:
+    """application/pkcs7-mime; smime-type=signed-data (opaque) is verified like multipart/signed."""
+    import base64
+
+    from hisp.core import smime
+
+    plain = plain_message(SENDER, RECIPIENT)
+    outer_headers, entity = mime.wrap(plain)
+    opaque = smime.sign(entity, pki.user(SENDER).credential, digest=DigestAlgorithm.SHA256, at=AT, detached=False)
+    layer = (
+        b'Content-Type: application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(opaque).replace(b"\n", b"\r\n")
+    )
+    envelope = smime.encrypt(layer, [pki.user(RECIPIENT).certificate])
+    raw = mime.build_enveloped_message(outer_headers, envelope)
+    opened = _open(agent, pki, raw)
+    assert opened.message == plain
+    assert opened.wrapped
+
+
+@pytest.mark.parametrize("micalg", ["sha-256", "sha256", "SHA256", '"sha-256"', '"SHA256"'])
+def test_micalg_spellings_accepted(pki: TestPKI, agent: SecurityAgent, micalg: str) -> None:
+    """Peers spell micalg in several ways (RFC 3851 used "sha256"); all are accepted on input."""
+    from hisp.core import smime
+
+    plain = plain_message(SENDER, RECIPIENT)
+    outer_headers, entity = mime.wrap(plain)
+    signature = smime.sign(entity, pki.user(SENDER).credential, digest=DigestAlgorithm.SHA256, at=AT)
+    layer = mime.build_multipart_signed(entity, signature, DigestAlgorithm.SHA256)
+    layer = layer.replace(b"micalg=sha-256", b"micalg=" + micalg.encode(), 1)
+    assert micalg.encode() in layer
+    raw = mime.build_enveloped_message(outer_headers, smime.encrypt(layer, [pki.user(RECIPIENT).certificate]))
+    assert _open(agent, pki, raw).message == plain
+
+
+def test_trust_failures_name_the_signer(pki: TestPKI, agent: SecurityAgent) -> None:
+    rogue = TestPKI(at=AT, name="Rogue CA")
+    raw = seal(
+        plain_message(SENDER, RECIPIENT), [rogue.user(SENDER).credential], [pki.user(RECIPIENT).certificate], at=AT
+    )
+    with pytest.raises(TrustError, match=r"^untrusted signer: no path to a configured trust anchor"):
+        _open(agent, pki, raw)
