@@ -5,8 +5,14 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=${1:-./walkthrough-out}
+# Only ever delete a directory this script made (it leaves a marker file in it).
+if [ -d "$work" ] && [ -n "$(ls -A "$work")" ] && [ ! -e "$work/.hisp-walkthrough" ]; then
+    echo "walkthrough: $work exists and was not made by this script; choose another directory" >&2
+    exit 1
+fi
 rm -rf "$work"
 mkdir -p "$work"
+touch "$work/.hisp-walkthrough"
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -24,9 +24,9 @@ from hisp import __version__
 from hisp.addresses import DirectAddress, parse_address_list
 from hisp.core import devca, mime
 from hisp.core.agent import SecurityAgent, StaticAnchors
-from hisp.core.certs import Certificate, Credential, load_certificate, load_certificates, load_credential
+from hisp.core.certs import Certificate, Credential, load_certificates, load_credential
 from hisp.core.policy import PRESETS, ContentCipher, DigestAlgorithm, KeyTransport, policy_from_name
-from hisp.errors import ConfigError, HispError
+from hisp.errors import CertificateError, ConfigError, HispError
 
 __all__ = ["main"]
 
@@ -59,7 +59,7 @@ def _parse_time(value: str | None) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"not an ISO 8601 time: {value!r}") from None
+        raise click.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--at") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -67,11 +67,24 @@ def _iso_option(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return None if value is None else _parse_time(value)
 
 
-def _read_small(path: str) -> bytes:
+def _read_small(path: str, option: str) -> bytes:
+    """Read a certificate or key file named by ``option``; refuse empty and oversized files.
+
+    :raises ConfigError: empty or larger than 1 MiB, naming the option and the file.
+    """
     data = Path(path).read_bytes()
+    if not data:
+        raise ConfigError(f"{option} {path}: the file is empty")
     if len(data) > _MAX_CREDENTIAL_FILE:
-        raise ConfigError(f"{path}: {len(data)} bytes is too large for a certificate or key file")
+        raise ConfigError(f"{option} {path}: {len(data)} bytes is too large for a certificate or key file")
     return data
+
+
+def _certificates_from(path: str, option: str) -> list[Certificate]:
+    try:
+        return load_certificates(_read_small(path, option))
+    except CertificateError as exc:
+        raise CertificateError(f"{option} {path}: {exc.message}") from None
 
 
 def _password_bytes(value: str | None) -> bytes | None:
@@ -96,24 +109,35 @@ def main() -> None:
 
 @main.group()
 def ca() -> None:
-    """A development certificate authority: test and demo certificates only, never production."""
+    """Development CA (test certificates only)."""
 
 
 @ca.command("init")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--name", default="hisp Development CA", show_default=True, help="CA common name.")
 @click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500), help="Validity.")
-@click.option("--passphrase", envvar="HISP_CA_PASSPHRASE", default=None, help="Encrypt ca.key with it.")
+@click.option(
+    "--passphrase", envvar="HISP_CA_PASSPHRASE", default=None, help="Encrypt ca.key with it (env HISP_CA_PASSPHRASE)."
+)
+@click.option("--force", is_flag=True, help="Replace an existing CA (certificates it issued stop chaining).")
 @_fail_cleanly
-def ca_init(out_dir: str, name: str, days: int, passphrase: str | None) -> None:
-    """Create a self-signed CA: writes OUT/ca.pem and OUT/ca.key (PKCS#8 PEM)."""
+def ca_init(out_dir: str, name: str, days: int, passphrase: str | None, force: bool) -> None:
+    """Create a self-signed CA: writes OUT/ca.pem and OUT/ca.key (PKCS#8 PEM, mode 0600)."""
     out = Path(out_dir)
+    _refuse_overwrite([out / "ca.pem", out / "ca.key"], force)
     out.mkdir(parents=True, exist_ok=True)
     issued = devca.create_ca(name, at=datetime.now(UTC), days=days)
     (out / "ca.pem").write_bytes(issued.certificate.to_pem())
     _write_private(out / "ca.key", _key_pem(issued.credential, passphrase))
     click.echo(f"CA {issued.certificate.subject} -> {out / 'ca.pem'}, {out / 'ca.key'}")
     click.echo(f"sha256 {issued.certificate.fingerprint_sha256}")
+
+
+def _refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
+    """Never replace a key silently: an operator's CA or user key is not recreatable."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"{', '.join(existing)} already exists: give --force to replace it")
 
 
 def _key_pem(credential: Credential, passphrase: str | None) -> bytes:
@@ -123,11 +147,19 @@ def _key_pem(credential: Credential, passphrase: str | None) -> bytes:
 
 
 @ca.command("issue")
-@click.option("--ca", "ca_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--ca-passphrase", envvar="HISP_CA_PASSPHRASE", default=None, help="Passphrase of ca.key.")
+@click.option(
+    "--ca",
+    "ca_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="CA directory (ca.pem, ca.key).",
+)
+@click.option(
+    "--ca-passphrase", envvar="HISP_CA_PASSPHRASE", default=None, help="Passphrase of ca.key (env HISP_CA_PASSPHRASE)."
+)
 @click.option("--address", default=None, help="Direct address: an address-bound certificate.")
 @click.option("--domain", default=None, help="Health domain: a domain-bound certificate.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option(
     "--usage",
     type=click.Choice([u.value for u in devca.KeyUsagePreset]),
@@ -135,13 +167,19 @@ def _key_pem(credential: Credential, passphrase: str | None) -> bytes:
     show_default=True,
     help="dual: digitalSignature+keyEncipherment; or a single-use certificate.",
 )
-@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500))
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500), help="Validity in days.")
 @click.option("--not-before", default=None, callback=_iso_option, help="ISO 8601 start of validity.")
 @click.option("--not-after", default=None, callback=_iso_option, help="ISO 8601 end of validity.")
 @click.option("--crl-url", default=None, help="CRL distribution point (HTTP URL).")
 @click.option("--aia-url", default=None, help="AIA caIssuers URL.")
 @click.option("--name", "basename", default=None, help="File base name (default: the address or domain).")
-@click.option("--passphrase", envvar="HISP_KEY_PASSPHRASE", default=None, help="Encrypt the key with it.")
+@click.option(
+    "--passphrase",
+    envvar="HISP_KEY_PASSPHRASE",
+    default=None,
+    help="Encrypt the key with it (env HISP_KEY_PASSPHRASE).",
+)
+@click.option("--force", is_flag=True, help="Replace existing files of the same name.")
 @_fail_cleanly
 def ca_issue(
     ca_dir: str,
@@ -157,6 +195,7 @@ def ca_issue(
     aia_url: str | None,
     basename: str | None,
     passphrase: str | None,
+    force: bool,
 ) -> None:
     """Issue an address-bound or domain-bound certificate: writes OUT/BASENAME.pem and OUT/BASENAME.key."""
     if (address is None) == (domain is None):
@@ -168,10 +207,13 @@ def ca_issue(
 
         domain = str(HealthDomain.parse(domain))
     ca_path = Path(ca_dir)
-    ca_credential = load_credential(
-        _read_small(str(ca_path / "ca.pem")),
-        _read_small(str(ca_path / "ca.key")),
-        _password_bytes(ca_passphrase),
+    ca_credential = _load_credential(
+        str(ca_path / "ca.pem"),
+        str(ca_path / "ca.key"),
+        ca_passphrase,
+        cert_option="--ca",
+        key_option="--ca",
+        password_option="--ca-passphrase",
     )
     issued = devca.issue_certificate(
         devca.Issued(ca_credential),
@@ -186,9 +228,10 @@ def ca_issue(
         aia_url=aia_url,
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     base = basename or address or domain
     assert base is not None
+    _refuse_overwrite([out / f"{base}.pem", out / f"{base}.key"], force)
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{base}.pem").write_bytes(issued.certificate.to_pem())
     _write_private(out / f"{base}.key", _key_pem(issued.credential, passphrase))
     click.echo(f"{issued.certificate.describe()} -> {out / (base + '.pem')}, {out / (base + '.key')}")
@@ -199,15 +242,65 @@ def ca_issue(
 
 @main.group()
 def message() -> None:
-    """Run the security agent on one message (operators use these to debug)."""
+    """Seal or open one Direct message (debugging)."""
+
+
+def _load_credential(
+    cert: str, key: str | None, password: str | None, *, cert_option: str, key_option: str, password_option: str
+) -> Credential:
+    """Our certificate and key (or a PKCS#12 file), with errors that name the options to fix.
+
+    :raises click.UsageError: no key option for a certificate that is not PKCS#12 (exit 2).
+    :raises CertificateError: unreadable, mismatched or wrongly protected files (exit 1).
+    """
+    cert_data = _read_small(cert, cert_option)
+    key_data = _read_small(key, key_option) if key else None
+    if key_data is None and not _looks_like_pkcs12(cert_data):
+        raise click.UsageError(f"{key_option} is required unless {cert_option} names a PKCS#12 file")
+    secret = _password_bytes(password)
+    try:
+        if key_data is None and secret is None:
+            # PKCS#12 files of the Java RI and of many tools use the empty password.
+            try:
+                return load_credential(cert_data, None, b"")
+            except CertificateError as exc:
+                if "password" not in exc.message:
+                    raise
+                raise CertificateError(f"{cert} is protected: give its password with {password_option}") from None
+        return load_credential(cert_data, key_data, secret)
+    except CertificateError as exc:
+        if "password is needed" in exc.message:
+            raise CertificateError(f"{key}: the key is encrypted: give its passphrase with {password_option}") from None
+        where = f"{cert_option} {cert}" + (f", {key_option} {key}" if key else "")
+        raise CertificateError(f"{where}: {exc.message}") from None
+
+
+def _looks_like_pkcs12(data: bytes) -> bool:
+    """A DER PFX (a SEQUENCE whose first element is INTEGER 3), not a certificate or PEM text."""
+    try:
+        from asn1crypto import pkcs12
+
+        pfx = pkcs12.Pfx.load(data)
+        return bool(pfx["version"].native == "v3" and pfx["auth_safe"]["content_type"].native)
+    except Exception:  # any parse failure: not PKCS#12
+        return False
 
 
 def _load_our_credentials(cert: str, key: str | None, password: str | None) -> list[Credential]:
-    return [load_credential(_read_small(cert), _read_small(key) if key else None, _password_bytes(password))]
+    return [
+        _load_credential(cert, key, password, cert_option="--cert", key_option="--key", password_option="--password")
+    ]
 
 
 def _read_input(stream: BinaryIO, limit: int) -> bytes:
+    """The message to process, at most ``limit`` bytes.
+
+    :raises ConfigError: empty input, or input over the limit.
+    """
     data = stream.read(limit + 1)
+    if not data:
+        name = getattr(stream, "name", "<stdin>")
+        raise ConfigError(f"empty input: no message in {name}")
     if len(data) > limit:
         raise ConfigError(f"input exceeds the message size limit of {limit} bytes")
     return data
@@ -216,7 +309,9 @@ def _read_input(stream: BinaryIO, limit: int) -> bytes:
 @message.command("outgoing")
 @click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False), help="Sender cert.")
 @click.option("--key", default=None, type=click.Path(exists=True, dir_okay=False), help="Sender key.")
-@click.option("--password", envvar="HISP_KEY_PASSPHRASE", default=None, help="Key or PKCS#12 password.")
+@click.option(
+    "--password", envvar="HISP_KEY_PASSPHRASE", default=None, help="Key or PKCS#12 password (env HISP_KEY_PASSPHRASE)."
+)
 @click.option(
     "--to-cert",
     "to_certs",
@@ -225,13 +320,37 @@ def _read_input(stream: BinaryIO, limit: int) -> bytes:
     type=click.Path(exists=True, dir_okay=False),
     help="A recipient certificate (repeat for each).",
 )
-@click.option("--cipher", type=click.Choice([c.value for c in ContentCipher]), default=None)
-@click.option("--key-transport", type=click.Choice([k.value for k in KeyTransport]), default=None)
-@click.option("--digest", type=click.Choice(["sha256", "sha384", "sha512"]), default=None)
-@click.option("--policy", "policy_name", type=click.Choice(sorted(PRESETS)), default="direct-1.3", show_default=True)
-@click.option("--at", "at_text", default=None, help="ISO 8601 time to seal at (default now).")
-@click.option("-i", "input_file", type=click.File("rb"), default="-", help="Plain message (default stdin).")
-@click.option("-o", "output_path", default="-", help="Direct message out (default stdout).")
+@click.option(
+    "--cipher",
+    type=click.Choice([c.value for c in ContentCipher]),
+    default=None,
+    help="Content encryption [default: the policy's, aes128-cbc].",
+)
+@click.option(
+    "--key-transport",
+    type=click.Choice([k.value for k in KeyTransport]),
+    default=None,
+    help="RSA key transport [default: the policy's: rsa-oaep (SHA-256) for direct-1.3, rsa-pkcs1 for direct-1.2].",
+)
+@click.option(
+    "--digest",
+    type=click.Choice(["sha256", "sha384", "sha512"]),
+    default=None,
+    help="Signature digest [default: sha256].",
+)
+@click.option(
+    "--policy",
+    "policy_name",
+    type=click.Choice(sorted(PRESETS)),
+    default="direct-1.3",
+    show_default=True,
+    help="Security policy preset: its default algorithms (direct-1.2 sends RSA PKCS#1 v1.5 key transport).",
+)
+@click.option("--at", "at_text", default=None, help="ISO 8601 time to seal at (default now; no zone means UTC).")
+@click.option(
+    "-i", "input_file", type=click.File("rb"), metavar="FILE", default="-", help="Plain message (default stdin)."
+)
+@click.option("-o", "output_path", metavar="FILE", default="-", help="Direct message out (default stdout).")
 @_fail_cleanly
 def message_outgoing(
     cert: str,
@@ -262,15 +381,13 @@ def message_outgoing(
     sender = _load_our_credentials(cert, key, password)
     certificates: list[Certificate] = []
     for path in to_certs:
-        certificates.extend(load_certificates(_read_small(path)))
+        certificates.extend(_certificates_from(path, "--to-cert"))
     plain = _read_input(input_file, agent.limits.max_message_bytes)
     entity = mime.parse_entity(plain, agent.limits)
     addresses = parse_address_list(entity.header_all("To") + entity.header_all("Cc"))
     if not addresses:
         raise ConfigError("the message has no To or Cc recipient")
-    recipients = {
-        address: [c for c in certificates if c.binding_for(address) is not None] for address in addresses
-    }
+    recipients = {address: [c for c in certificates if c.binding_for(address) is not None] for address in addresses}
     result = agent.process_outgoing(plain, sender=sender, recipients=recipients, at=at)
     for rejected in result.rejected:
         click.echo(f"hisp: not sent to {rejected.address}: {rejected.reason} ({rejected.status})", err=True)
@@ -280,7 +397,9 @@ def message_outgoing(
 @message.command("incoming")
 @click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False), help="Our cert or PKCS#12.")
 @click.option("--key", default=None, type=click.Path(exists=True, dir_okay=False), help="Our private key.")
-@click.option("--password", envvar="HISP_KEY_PASSPHRASE", default=None, help="Key or PKCS#12 password.")
+@click.option(
+    "--password", envvar="HISP_KEY_PASSPHRASE", default=None, help="Key or PKCS#12 password (env HISP_KEY_PASSPHRASE)."
+)
 @click.option(
     "--anchor",
     "anchor_paths",
@@ -289,11 +408,20 @@ def message_outgoing(
     type=click.Path(exists=True, dir_okay=False),
     help="A trust anchor (repeat for each).",
 )
-@click.option("--policy", "policy_name", type=click.Choice(sorted(PRESETS)), default="direct-1.3", show_default=True)
-@click.option("--at", "at_text", default=None, help="ISO 8601 time of receipt (default now).")
+@click.option(
+    "--policy",
+    "policy_name",
+    type=click.Choice(sorted(PRESETS)),
+    default="direct-1.3",
+    show_default=True,
+    help="direct-1.3 refuses SHA-1; direct-1.2 accepts SHA-1 signatures and SHA-1-signed certificates.",
+)
+@click.option("--at", "at_text", default=None, help="ISO 8601 time of receipt (default now; no zone means UTC).")
 @click.option("--explain", is_flag=True, help="Print the verdict (signer, chain, anchor) to stderr.")
-@click.option("-i", "input_file", type=click.File("rb"), default="-", help="Direct message (default stdin).")
-@click.option("-o", "output_path", default="-", help="Plain message out (default stdout).")
+@click.option(
+    "-i", "input_file", type=click.File("rb"), metavar="FILE", default="-", help="Direct message (default stdin)."
+)
+@click.option("-o", "output_path", metavar="FILE", default="-", help="Plain message out (default stdout).")
 @_fail_cleanly
 def message_incoming(
     cert: str,
@@ -311,7 +439,7 @@ def message_incoming(
     at = _parse_time(at_text)
     agent = SecurityAgent(policy=policy)
     credentials = _load_our_credentials(cert, key, password)
-    anchors = tuple(load_certificate(_read_small(path)) for path in anchor_paths)
+    anchors = tuple(cert for path in anchor_paths for cert in _certificates_from(path, "--anchor"))
     raw = _read_input(input_file, agent.limits.max_message_bytes)
     result = agent.process_incoming(raw, credentials=credentials, trust=StaticAnchors(anchors), at=at)
     if explain:
@@ -325,9 +453,17 @@ def _write_output(path: str, data: bytes) -> None:
         sys.stdout.buffer.flush()
         return
     target = Path(path)
+    if target.is_dir():
+        raise click.BadParameter(f"{path} is a directory", param_hint="-o")
     temporary = target.with_name(f".{target.name}.partial")
-    temporary.write_bytes(data)
-    temporary.replace(target)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        temporary.replace(target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

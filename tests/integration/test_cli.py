@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import stat
 import subprocess
 import sys
@@ -14,14 +13,14 @@ from conftest import FIXTURES
 from hisp.core.certs import load_certificate
 
 REPO = Path(__file__).resolve().parents[2]
-HISP = shutil.which("hisp") or ""
 SENDER = "dr.example@direct.clinic.example"
 RECIPIENT = "intake@direct.hospital.example"
 REFERRAL = REPO / "examples" / "referral.eml"
 
 
 def hisp(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    command = [HISP] if HISP else [sys.executable, "-m", "hisp.cli"]
+    # the package under test, whatever `hisp` on PATH points at (test_console_script checks that one)
+    command = [sys.executable, "-m", "hisp.cli"]
     return subprocess.run(
         [*command, *map(str, args)], input=stdin, capture_output=True, timeout=120, check=False
     )
@@ -205,3 +204,76 @@ def test_walkthrough_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert b"Walk-through complete." in result.stdout
     assert (tmp_path / "out" / "referral.opened.eml").read_bytes() == REFERRAL.read_bytes()
+
+
+def test_console_script_is_installed() -> None:
+    """The README's commands use the `hisp` console script."""
+    import shutil
+
+    assert shutil.which("hisp"), "the hisp console script is not on PATH: pip install -e '.[test]'"
+    result = subprocess.run(["hisp", "--version"], capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0
+    assert b"hisp, version" in result.stdout
+
+
+def test_walkthrough_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = subprocess.run(
+        ["sh", str(REPO / "examples" / "walkthrough.sh"), str(tmp_path)], capture_output=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_ca_refuses_to_overwrite_keys(pki: Path) -> None:
+    before = (pki / "ca" / "ca.key").read_bytes()
+    result = hisp("ca", "init", "--out", pki / "ca")
+    assert result.returncode == 1
+    assert b"already exists: give --force" in result.stderr
+    assert (pki / "ca" / "ca.key").read_bytes() == before
+    again = hisp("ca", "issue", "--ca", pki / "ca", "--address", SENDER, "--out", pki / "users")
+    assert again.returncode == 1
+    assert b"already exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (("--cert", "USERS/SENDER.pem"), 2, b"--key is required unless --cert names a PKCS#12 file"),
+        (("--cert", "EMPTY", "--key", "USERS/SENDER.key"), 1, b"--cert EMPTY: the file is empty"),
+        (("--cert", "USERS/SENDER.key", "--key", "USERS/SENDER.pem"), 1, b"--cert USERS/SENDER.key"),
+    ],
+    ids=["missing-key", "empty-certificate", "swapped-cert-and-key"],
+)
+def test_credential_mistakes_are_explained(
+    pki: Path, tmp_path: Path, args: tuple[str, ...], status: int, message: bytes
+) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+
+    def expand(text: str) -> str:
+        return (
+            text.replace("USERS", str(pki / "users")).replace("SENDER", SENDER).replace("EMPTY", str(tmp_path / "empty"))
+        )
+
+    result = hisp(
+        "message", "outgoing", *map(expand, args), "--to-cert", pki / "users" / f"{RECIPIENT}.pem", "-i", REFERRAL
+    )
+    assert result.returncode == status, result.stderr
+    assert expand(message.decode()).encode() in result.stderr
+
+
+def test_empty_input_is_named(pki: Path) -> None:
+    result = _open(pki, b"")
+    assert result.returncode == 1
+    assert b"empty input" in result.stderr
+
+
+def test_output_failure_leaves_no_plaintext(pki: Path, tmp_path: Path) -> None:
+    target = tmp_path / "missing-dir" / "opened.eml"
+    result = _open(pki, _seal(pki), "-o", target)
+    assert result.returncode == 1
+    assert str(target).encode() in result.stderr
+    assert not (tmp_path / "missing-dir").exists()
+    as_directory = _open(pki, _seal(pki), "-o", tmp_path)
+    assert as_directory.returncode == 2
+    assert list(tmp_path.iterdir()) == []
