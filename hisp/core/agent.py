@@ -266,12 +266,12 @@ class SecurityAgent:
         :returns: the sealed message, the recipients it is for and those rejected with reasons.
         :raises MessageFormatError: the message is malformed or exceeds the limits.
         :raises AddressError: From is missing or not one valid address.
-        :raises PolicyViolation: no credential can sign for From.
+        :raises PolicyViolation: no credential can sign for From; the message has a Bcc header (AS-13).
         :raises TrustError: no recipient has a usable certificate (reason ``"no valid recipient"``;
             ``context["rejected"]`` holds every :class:`RejectedRecipient`).
         :raises ConfigError: no recipients given.
 
-        Spec: AS-2, AS-3, AS-4, AS-7, AS-11, AS-12, AS-16, AS-22.
+        Spec: AS-2, AS-3, AS-4, AS-7, AS-11, AS-12, AS-13, AS-16, AS-22.
         """
         if not recipients:
             raise ConfigError("no recipients given")
@@ -282,6 +282,11 @@ class SecurityAgent:
         mime.check_structure(message, self.limits)
         entity = mime.parse_entity(message, self.limits)
         from_address = _single_address(entity, "From")
+        if entity.header_all("Bcc"):
+            # AS-13: Bcc is not allowed; the signed copy would show every blind recipient to the others.
+            raise PolicyViolation(
+                "Bcc is not allowed in Direct messages (AS-13): send each blind recipient a message of its own"
+            )
         signer = self._signing_credential(sender, from_address, at)
 
         encrypt_to: list[Certificate] = []
@@ -454,15 +459,16 @@ class SecurityAgent:
                 content_type=inner.content_type.mime_type,
             )
 
+        if not verdict.content or verdict.content.isspace():
+            # A valid signature over nothing protects nothing: an unwrapped message would be all outer header.
+            raise MessageFormatError("the signed content is empty")
         content_entity = mime.parse_entity(verdict.content, self.limits)
         defects.extend(content_entity.defects)
         unwrapped = mime.unwrap(content_entity)
-        if unwrapped is not None:
-            plain = unwrapped
-            headers_entity = mime.parse_entity(plain, self.limits)
-        else:
-            plain = _reattach_outer_headers(outer, verdict.content)
-            headers_entity = outer
+        plain = unwrapped if unwrapped is not None else _reattach_outer_headers(outer, verdict.content)
+        # From is checked on the message delivered: unwrapped, the signed entity's own header fields (a second
+        # From) join the outer ones, and the delivered message must have exactly one From, bound to the signer.
+        headers_entity = mime.parse_entity(plain, self.limits)
         sender = _single_address(headers_entity, "From")
 
         accepted, binding, path, rejected = self._accept_signer(verdict, sender, at, trust)

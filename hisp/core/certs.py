@@ -148,7 +148,14 @@ class Certificate:
                 checked = cls(cert, der)
                 # names and key are read by every verdict and error message: they must not fail later
                 _ = checked.describe(), checked.key_description, checked.issuer
-        except (ValueError, KeyError, TypeError, cx509.InvalidVersion) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            cx509.InvalidVersion,
+            cx509.DuplicateExtension,
+            cx509.UnsupportedGeneralNameType,
+        ) as exc:
             raise CertificateError(f"certificate has a malformed field or extension: {exc}") from None
         return checked
 
@@ -565,7 +572,7 @@ def load_private_key(data: bytes, password: bytes | None = None) -> PrivateKey:
             assert password is not None
             try:
                 plain = _decrypt_epki(asn1_keys.EncryptedPrivateKeyInfo.load(der_for_fallback), password)
-            except _PbeError:
+            except (_PbeError, ValueError, TypeError, KeyError):
                 raise CertificateError("cannot decrypt the private key: wrong password?") from None
             return _as_private_key(_load_plain_pkcs8(plain), "private key")
         if encrypted:
@@ -848,7 +855,7 @@ def _decrypt_epki(info: Any, password: bytes) -> bytes:
             plain = _pbe_decrypt(algorithm, ciphertext, candidate, password)
             asn1_keys.PrivateKeyInfo.load(plain).native  # noqa: B018 - parse fully to prove the password
             return plain
-        except (_PbeError, ValueError) as exc:
+        except (_PbeError, ValueError, TypeError, KeyError) as exc:
             last = exc
     raise _PbeError(str(last))
 

@@ -57,6 +57,8 @@ from hisp.errors import (
 __all__ = [
     "DEFAULT_CAPABILITIES",
     "DEFAULT_MAX_BYTES",
+    "MAX_CERTIFICATES",
+    "MAX_SIGNER_INFOS",
     "DecryptedContent",
     "SignatureVerdict",
     "SignerResult",
@@ -854,11 +856,21 @@ def _parse_signer_info(si: Any) -> _SignerInfoData:
     )
 
 
+#: Bounds on what one SignedData may make us check: real Direct messages carry one or two signers and a
+#: chain of at most a handful of certificates; thousands are an attempt to burn CPU.
+MAX_SIGNER_INFOS = 16
+MAX_CERTIFICATES = 64
+
+
 def _load_certificates(signed_data: Any) -> tuple[Certificate, ...]:
     certs = signed_data["certificates"]
     result: list[Certificate] = []
     if isinstance(certs, asn1_core.Void) or certs is None:
         return ()
+    if len(certs) > MAX_CERTIFICATES:
+        raise MessageFormatError(
+            f"SignedData carries {len(certs)} certificates; at most {MAX_CERTIFICATES} are accepted"
+        )
     for choice in certs:
         if choice.name != "certificate":
             continue  # attribute certificates and others are not signer certificates
@@ -1017,6 +1029,10 @@ def verify(
         econtent = encap["content"]
         if not (isinstance(econtent, asn1_core.Void) or econtent is None):
             encapsulated = _octets(econtent)
+        if len(sd["signer_infos"]) > MAX_SIGNER_INFOS:
+            raise MessageFormatError(
+                f"SignedData has {len(sd['signer_infos'])} SignerInfos; at most {MAX_SIGNER_INFOS} are accepted"
+            )
         certificates = _load_certificates(sd)
         infos = [_parse_signer_info(si) for si in sd["signer_infos"]]
     except HispError:

@@ -411,3 +411,12 @@ def test_trust_failures_name_the_signer(pki: TestPKI, agent: SecurityAgent) -> N
     )
     with pytest.raises(TrustError, match=r"^untrusted signer: no path to a configured trust anchor"):
         _open(agent, pki, raw)
+
+
+def test_as13_bcc_refused_on_the_way_out(pki: TestPKI, agent: SecurityAgent) -> None:
+    """AS-13: Bcc is not allowed; sealing it would show the blind recipient to everyone in the signed copy."""
+    plain = plain_message(SENDER, RECIPIENT, extra_headers=[("Bcc", SECOND)])
+    with pytest.raises(PolicyViolation, match="Bcc is not allowed"):
+        agent.process_outgoing(
+            plain, sender=[pki.user(SENDER).credential], recipients=_recipients(pki, RECIPIENT), at=AT
+        )

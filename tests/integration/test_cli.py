@@ -21,9 +21,7 @@ REFERRAL = REPO / "examples" / "referral.eml"
 def hisp(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     # the package under test, whatever `hisp` on PATH points at (test_console_script checks that one)
     command = [sys.executable, "-m", "hisp.cli"]
-    return subprocess.run(
-        [*command, *map(str, args)], input=stdin, capture_output=True, timeout=120, check=False
-    )
+    return subprocess.run([*command, *map(str, args)], input=stdin, capture_output=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +82,7 @@ def test_ca_issue_single_use_and_domain_bound(pki: Path, tmp_path: Path) -> None
 
 
 def test_ca_issue_with_an_encrypted_key(pki: Path, tmp_path: Path) -> None:
-    result = hisp(
-        "ca", "issue", "--ca", pki / "ca", "--address", SENDER, "--out", tmp_path, "--passphrase", "s3cret"
-    )
+    result = hisp("ca", "issue", "--ca", pki / "ca", "--address", SENDER, "--out", tmp_path, "--passphrase", "s3cret")
     assert result.returncode == 0, result.stderr
     assert b"ENCRYPTED PRIVATE KEY" in (tmp_path / f"{SENDER}.key").read_bytes()
     message = hisp(
@@ -105,7 +101,10 @@ def test_ca_issue_with_an_encrypted_key(pki: Path, tmp_path: Path) -> None:
         ("ca", "issue", "--ca", "CA", "--out", "OUT", "--address", SENDER, "--domain", "x.example"),
         ("message", "incoming", "--cert", "README.md", "--anchor", "README.md", "--policy", "direct-9"),
         ("message", "outgoing", "--cert", "README.md", "--to-cert", "README.md", "--cipher", "des3"),
-        ("message", "nonsense",),
+        (
+            "message",
+            "nonsense",
+        ),
     ],
     ids=["no-binding", "both-bindings", "unknown-policy", "unknown-cipher", "unknown-command"],
 )
@@ -252,7 +251,9 @@ def test_credential_mistakes_are_explained(
 
     def expand(text: str) -> str:
         return (
-            text.replace("USERS", str(pki / "users")).replace("SENDER", SENDER).replace("EMPTY", str(tmp_path / "empty"))
+            text.replace("USERS", str(pki / "users"))
+            .replace("SENDER", SENDER)
+            .replace("EMPTY", str(tmp_path / "empty"))
         )
 
     result = hisp(

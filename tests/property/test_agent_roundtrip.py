@@ -103,7 +103,9 @@ def _payloads(raw: bytes) -> list[tuple[str, bytes]]:
             continue
         data = part.get_payload(decode=True) or b""
         if part.get_content_maintype() == "text":
-            data = data.replace(b"\r\n", b"\n")
+            # line endings are canonicalised (AS-16), and a body that ended without one gains its final CRLF
+            # (RFC 5322 section 2.3: body lines end in CRLF; SMTP DATA would add it anyway)
+            data = data.replace(b"\r\n", b"\n").removesuffix(b"\n")
         out.append((part.get_content_type(), data))
     return out
 
