@@ -24,11 +24,33 @@ __all__ = [
     "PRESETS",
     "ContentCipher",
     "DigestAlgorithm",
+    "Direction",
     "KeyTransport",
+    "RevocationMode",
     "SecurityPolicy",
     "policy_from_name",
     "refuse_weak_algorithm",
 ]
+
+
+class Direction(enum.Enum):
+    """Direction relative to this HISP (glossary): incoming = senders we accept, outgoing = recipients
+    we encrypt to. Trust anchors are configured separately for each (AS-21)."""
+
+    INCOMING = "incoming"
+    OUTGOING = "outgoing"
+
+
+class RevocationMode(enum.Enum):
+    """What an unreachable revocation source means for a trust store (AS-20).
+
+    ``hard``: reject; ``soft``: accept with a warning in the verdict (a revoked answer always rejects);
+    ``off``: revocation is not checked.
+    """
+
+    HARD = "hard"
+    SOFT = "soft"
+    OFF = "off"
 
 
 class DigestAlgorithm(enum.Enum):
