@@ -306,12 +306,31 @@ def _read_input(stream: BinaryIO, limit: int) -> bytes:
     return data
 
 
+def _credential_options(whose: str) -> Callable[[F], F]:
+    """--cert, --key and --password: one credential of ours (PEM/DER certificate and key, or PKCS#12)."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--password",
+            envvar="HISP_KEY_PASSPHRASE",
+            default=None,
+            help="Key or PKCS#12 password (env HISP_KEY_PASSPHRASE).",
+        )(func)
+        func = click.option(
+            "--key", default=None, type=click.Path(exists=True, dir_okay=False), help=f"{whose} private key."
+        )(func)
+        return click.option(
+            "--cert",
+            required=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help=f"{whose} certificate, or a PKCS#12 file (then omit --key).",
+        )(func)
+
+    return decorate
+
+
 @message.command("outgoing")
-@click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False), help="Sender cert.")
-@click.option("--key", default=None, type=click.Path(exists=True, dir_okay=False), help="Sender key.")
-@click.option(
-    "--password", envvar="HISP_KEY_PASSPHRASE", default=None, help="Key or PKCS#12 password (env HISP_KEY_PASSPHRASE)."
-)
+@_credential_options("The sender's")
 @click.option(
     "--to-cert",
     "to_certs",
@@ -395,11 +414,7 @@ def message_outgoing(
 
 
 @message.command("incoming")
-@click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False), help="Our cert or PKCS#12.")
-@click.option("--key", default=None, type=click.Path(exists=True, dir_okay=False), help="Our private key.")
-@click.option(
-    "--password", envvar="HISP_KEY_PASSPHRASE", default=None, help="Key or PKCS#12 password (env HISP_KEY_PASSPHRASE)."
-)
+@_credential_options("The recipient's")
 @click.option(
     "--anchor",
     "anchor_paths",

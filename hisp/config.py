@@ -37,7 +37,7 @@ is wrong (a :class:`~hisp.errors.ConfigError`).
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,15 @@ def _revocation(reader: _Reader, key: str, default: RevocationMode) -> Revocatio
         raise reader.error(key, f"must be hard, soft or off, not {value!r}") from None
 
 
+def _tables(reader: _Reader, key: str) -> Iterator[_Reader]:
+    """Readers for each table of the array of tables ``[[prefix.key]]``."""
+    name = f"{reader.prefix}.{key}" if reader.prefix else key
+    for index, entry in enumerate(reader.get(key, list, [], what=f"an array of tables ([[{name}]])")):
+        if not isinstance(entry, dict):
+            raise reader.error(f"{key}[{index}]", "must be a table")
+        yield _Reader(reader.source, entry, f"{name}[{index}]", reader.base)
+
+
 def _trust(source: str, table: Mapping[str, Any], base: Path) -> TrustConfig:
     reader = _Reader(source, table, "trust", base)
     policy = _policy(reader, "policy", policy_from_name("direct-1.3"))
@@ -256,10 +265,7 @@ def _trust(source: str, table: Mapping[str, Any], base: Path) -> TrustConfig:
     assert cache_dir is not None
 
     anchors: list[AnchorConfig] = []
-    for index, entry in enumerate(reader.get("anchor", list, [], what="an array of tables ([[trust.anchor]])")):
-        if not isinstance(entry, dict):
-            raise reader.error(f"anchor[{index}]", "must be a table")
-        sub = _Reader(source, entry, f"trust.anchor[{index}]", base)
+    for sub in _tables(reader, "anchor"):
         file = sub.path("file")
         assert file is not None
         anchors.append(AnchorConfig(file, *_scope(sub)))
@@ -267,10 +273,7 @@ def _trust(source: str, table: Mapping[str, Any], base: Path) -> TrustConfig:
 
     bundles: list[BundleConfig] = []
     names: set[str] = set()
-    for index, entry in enumerate(reader.get("bundle", list, [], what="an array of tables ([[trust.bundle]])")):
-        if not isinstance(entry, dict):
-            raise reader.error(f"bundle[{index}]", "must be a table")
-        sub = _Reader(source, entry, f"trust.bundle[{index}]", base)
+    for sub in _tables(reader, "bundle"):
         name = sub.get("name", str)
         if not name or not all(c.isalnum() or c in "-_." for c in name) or name in names:
             raise sub.error("name", f"must be unique and use letters, digits, '-', '_' or '.': {name!r}")
@@ -288,10 +291,7 @@ def _trust(source: str, table: Mapping[str, Any], base: Path) -> TrustConfig:
 
     domains: list[DomainTrustConfig] = []
     seen: set[HealthDomain] = set()
-    for index, entry in enumerate(reader.get("domain", list, [], what="an array of tables ([[trust.domain]])")):
-        if not isinstance(entry, dict):
-            raise reader.error(f"domain[{index}]", "must be a table")
-        sub = _Reader(source, entry, f"trust.domain[{index}]", base)
+    for sub in _tables(reader, "domain"):
         try:
             domain = HealthDomain.parse(sub.get("name", str))
         except AddressError as exc:
