@@ -6,10 +6,12 @@ Commands so far:
 
 * ``hisp ca init`` / ``hisp ca issue``: a development PKI (never for production keys).
 * ``hisp message outgoing`` / ``hisp message incoming``: run the security agent on one message.
+* ``hisp trust bundle show`` / ``hisp trust bundle fetch``: inspect, download and verify a trust bundle.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,9 +23,12 @@ from typing import Any, BinaryIO, TypeVar
 import click
 
 from hisp import __version__
+from hisp.adapters import http
+from hisp.adapters.bundles import DEFAULT_TIMEOUT, write_atomically
 from hisp.addresses import DirectAddress, parse_address_list
 from hisp.core import devca, mime
 from hisp.core.agent import SecurityAgent, StaticAnchors
+from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, TrustBundle, describe_anchor, parse_bundle
 from hisp.core.certs import Certificate, Credential, load_certificates, load_credential
 from hisp.core.policy import PRESETS, ContentCipher, DigestAlgorithm, KeyTransport, policy_from_name
 from hisp.errors import CertificateError, ConfigError, HispError
@@ -479,6 +484,175 @@ def _write_output(path: str, data: bytes) -> None:
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+
+
+# -- trust bundles -----------------------------------------------------------------------------
+
+
+@main.group()
+def trust() -> None:
+    """Trust anchors and trust bundles."""
+
+
+@trust.group("bundle")
+def trust_bundle() -> None:
+    """Trust bundles: PKCS#7 sets of anchors, signed or not (TB-1, TB-2)."""
+
+
+_POLICY_OPTION = click.option(
+    "--policy",
+    "policy_name",
+    type=click.Choice(sorted(PRESETS)),
+    default="direct-1.3",
+    show_default=True,
+    help="Security policy for the bundle signature (direct-1.2 accepts SHA-1).",
+)
+_SIGNER_OPTION = click.option(
+    "--signer",
+    "signer_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Bundle signing certificate (repeat for each); the bundle must then be signed by one of them.",
+)
+
+
+def _is_url(text: str) -> bool:
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme and scheme not in ("http", "https"):
+        raise click.BadParameter(f"only http and https URLs can be fetched, not {text!r}")
+    return bool(scheme)
+
+
+def _signers(paths: Sequence[str]) -> list[Certificate]:
+    return [cert for path in paths for cert in _certificates_from(path, "--signer")]
+
+
+def _read_bundle_file(path: str, max_bytes: int) -> bytes:
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ConfigError(f"{path}: larger than the limit of {max_bytes} bytes for a trust bundle")
+    return data
+
+
+class _Progress:
+    """The progress line of a download on stderr: rewritten in place on a terminal, once at the end otherwise."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.received = 0
+        self.total: int | None = None
+        self.tty = sys.stderr.isatty()
+
+    def line(self) -> str:
+        total = "?" if self.total is None else str(self.total)
+        return f"hisp: {self.url}: {self.received} / {total} bytes"
+
+    def __call__(self, received: int, total: int | None) -> None:
+        self.received, self.total = received, total
+        if self.tty:
+            click.echo("\r" + self.line(), err=True, nl=False)
+
+    def done(self) -> None:
+        click.echo(("\r" if self.tty else "") + self.line(), err=True)
+
+
+def _bundle_report(bundle: TrustBundle, at: datetime) -> dict[str, Any]:
+    return {
+        "source": bundle.source,
+        "digest_sha256": bundle.digest,
+        "signed": bundle.signed,
+        "signature_verified": bundle.signer is not None,
+        "signer": None if bundle.signer is None else describe_anchor(bundle.signer, at),
+        "at": at.isoformat(),
+        "anchors": [describe_anchor(anchor, at) for anchor in bundle.anchors],
+        "metadata": bundle.metadata,
+        "defects": list(bundle.defects),
+    }
+
+
+def _print_bundle(report: dict[str, Any]) -> None:
+    count = len(report["anchors"])
+    if not report["signed"]:
+        signature = "unsigned"
+    elif report["signer"] is None:
+        signature = "signed (signature NOT verified: no --signer given)"
+    else:
+        signature = f"signed by {report['signer']['subject']} (verified)"
+    click.echo(f"bundle {report['source']}: {count} anchor{'s' if count != 1 else ''}, {signature}")
+    click.echo(f"sha256 {report['digest_sha256']}")
+    for anchor in report["anchors"]:
+        state = "EXPIRED" if anchor["expired"] else "NOT YET VALID" if anchor["not_yet_valid"] else "valid"
+        click.echo(f"anchor {anchor['subject']}")
+        click.echo(f"  sha256 {anchor['fingerprint_sha256']}")
+        click.echo(f"  {anchor['not_before']} .. {anchor['not_after']} ({state} at {report['at']})")
+    for defect in report["defects"]:
+        click.echo(f"note: {defect}")
+
+
+@trust_bundle.command("show")
+@click.argument("source", metavar="FILE_OR_URL")
+@_SIGNER_OPTION
+@_POLICY_OPTION
+@click.option("--at", "at_text", default=None, help="ISO 8601 time to judge validity at (default now; no zone = UTC).")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0.1), help="Seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_fail_cleanly
+def trust_bundle_show(
+    source: str, signer_paths: Sequence[str], policy_name: str, at_text: str | None, timeout: float, as_json: bool
+) -> None:
+    """List the anchors of a bundle file or URL, and whether and by whom it is signed."""
+    at = _parse_time(at_text)
+    policy = policy_from_name(policy_name)
+    signers = _signers(signer_paths)
+    if _is_url(source):
+        result = http.fetch(source, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES)
+        assert result.body is not None  # no validators sent: never a 304
+        data = result.body
+    else:
+        data = _read_bundle_file(source, DEFAULT_MAX_BUNDLE_BYTES)
+    bundle = parse_bundle(data, source=source, signing_certificates=signers, at=at, policy=policy)
+    report = _bundle_report(bundle, at)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_bundle(report)
+
+
+@trust_bundle.command("fetch")
+@click.argument("url")
+@click.option("--out", "out_path", required=True, metavar="FILE", help="Where to write the verified bundle.")
+@_SIGNER_OPTION
+@_POLICY_OPTION
+@click.option("--at", "at_text", default=None, help="ISO 8601 time to verify at (default now; no zone = UTC).")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0.1), help="Seconds.")
+@_fail_cleanly
+def trust_bundle_fetch(
+    url: str, out_path: str, signer_paths: Sequence[str], policy_name: str, at_text: str | None, timeout: float
+) -> None:
+    """Download a bundle, verify it, and write it to --out atomically; on any failure write nothing."""
+    if not _is_url(url):
+        raise click.BadParameter(f"not an http or https URL: {url!r}", param_hint="URL")
+    target = Path(out_path)
+    if target.is_dir():
+        raise click.BadParameter(f"{out_path} is a directory", param_hint="--out")
+    at = _parse_time(at_text)
+    policy = policy_from_name(policy_name)
+    signers = _signers(signer_paths)
+    progress = _Progress(url)
+    result = http.fetch(url, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES, progress=progress)
+    progress.done()
+    assert result.body is not None  # no validators sent: never a 304
+    bundle = parse_bundle(result.body, source=url, signing_certificates=signers, at=at, policy=policy)
+    write_atomically(target, result.body)
+    count = len(bundle.anchors)
+    if not bundle.signed:
+        signature = "unsigned"
+    elif bundle.signer is None:
+        signature = "signature not verified"
+    else:
+        signature = f"signed by {bundle.signer.subject}"
+    click.echo(f"{count} anchor{'s' if count != 1 else ''}, {signature}, sha256 {bundle.digest} -> {target}")
 
 
 if __name__ == "__main__":  # pragma: no cover
