@@ -17,6 +17,7 @@ anchor set (the trust issue adds per-domain stores, bundles and revocation behin
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,14 +123,7 @@ class StaticAnchors:
         policy: SecurityPolicy,
     ) -> PathVerdict:
         """See :meth:`SignerTrust.validate_signer`."""
-        return validate_path(
-            certificate,
-            anchors=self.anchors,
-            intermediates=(*intermediates, *self.intermediates),
-            at=at,
-            policy=policy,
-            usage="signing",
-        )
+        return self._validate(certificate, intermediates, at, policy, "signing")
 
     def validate_recipient(
         self,
@@ -141,13 +135,23 @@ class StaticAnchors:
         policy: SecurityPolicy,
     ) -> PathVerdict:
         """See :meth:`RecipientTrust.validate_recipient`."""
+        return self._validate(certificate, intermediates, at, policy, "encipherment")
+
+    def _validate(
+        self,
+        certificate: Certificate,
+        intermediates: Sequence[Certificate],
+        at: datetime,
+        policy: SecurityPolicy,
+        usage: str,
+    ) -> PathVerdict:
         return validate_path(
             certificate,
             anchors=self.anchors,
             intermediates=(*intermediates, *self.intermediates),
             at=at,
             policy=policy,
-            usage="encipherment",
+            usage=usage,
         )
 
 
@@ -197,8 +201,9 @@ class IncomingResult:
     :ivar binding: how the signer is bound to the sender (address or domain).
     :ivar path: the signer's trust verdict: chain and anchor.
     :ivar wrapped: whether the message was wrapped (AS-12) or not.
-    :ivar decrypted: the envelope's algorithms and the certificate that opened it.
-    :ivar signature: the signature verdict (every signer, valid or not).
+    :ivar decrypted: the envelope's algorithms and the certificate that opened it (its ``content`` is
+        released, empty: the delivered bytes are ``message``).
+    :ivar signature: the signature verdict, every signer valid or not (its ``content`` released likewise).
     :ivar rejected_signers: signers that were valid signatures but not accepted, with reasons.
     :ivar defects: tolerated oddities of the received message.
     """
@@ -279,10 +284,12 @@ class SecurityAgent:
             raise MessageFormatError(
                 f"message of {len(message)} bytes exceeds the limit of {self.limits.max_message_bytes}"
             )
-        mime.check_structure(message, self.limits)
-        entity = mime.parse_entity(message, self.limits)
-        from_address = _single_address(entity, "From")
-        if entity.header_all("Bcc"):
+        # The line endings found here spare wrap() counting them again over the whole message.
+        _, line_endings = mime._check_structure(message, self.limits, need_cr=True)
+        # Only the header fields are needed (check_structure has already parsed this entity within the limits).
+        headers = mime._parse_header_fields(message, self.limits)
+        from_address = _single_address(headers, "From")
+        if _header_values(headers, "Bcc"):
             # AS-13: Bcc is not allowed; the signed copy would show every blind recipient to the others.
             raise PolicyViolation(
                 "Bcc is not allowed in Direct messages (AS-13): send each blind recipient a message of its own"
@@ -318,11 +325,14 @@ class SecurityAgent:
                 rejected=tuple(rejected),
             )
 
-        outer_headers, signed_entity = mime.wrap(message, copy_subject=self.policy.copy_subject)
+        outer_headers, signed_entity = mime._wrap(
+            message, copy_subject=self.policy.copy_subject, line_endings=line_endings
+        )
         signature = smime.sign(signed_entity, signer, digest=self.policy.digest, at=at)
-        multipart_signed = mime.build_multipart_signed(signed_entity, signature, self.policy.digest)
+        # The multipart/signed entity is encrypted piece by piece (the signed entity is not copied into it).
+        multipart_signed = mime._multipart_signed_pieces(signed_entity, signature, self.policy.digest)
         del signed_entity, signature
-        envelope = smime.encrypt(
+        envelope = smime._encrypt(
             multipart_signed,
             encrypt_to,
             cipher=self.policy.cipher,
@@ -447,8 +457,7 @@ class SecurityAgent:
         defects.extend(inner.defects)
         inner_kind = mime.smime_type(inner.content_type)
         if inner.content_type.mime_type == "multipart/signed":
-            parts = mime.split_multipart_signed(inner, self.limits)
-            verdict = self._verify_detached(parts, defects)
+            verdict = self._verify_detached(mime.split_multipart_signed(inner, self.limits), defects)
         elif inner_kind == "signed-data":
             verdict = smime.verify(
                 mime.decode_body(inner), content=None, policy=self.policy, max_bytes=self.max_cms_bytes
@@ -459,17 +468,23 @@ class SecurityAgent:
                 content_type=inner.content_type.mime_type,
             )
 
+        # The envelope's plaintext is no longer needed: keep only what the signature covers (DESIGN 3: drop
+        # intermediates early; a 25 MB referral must not be held three times).
+        decrypted = dataclasses.replace(decrypted, content=b"")
+        del inner
         if not verdict.content or verdict.content.isspace():
             # A valid signature over nothing protects nothing: an unwrapped message would be all outer header.
             raise MessageFormatError("the signed content is empty")
         content_entity = mime.parse_entity(verdict.content, self.limits)
         defects.extend(content_entity.defects)
         unwrapped = mime.unwrap(content_entity)
+        wrapped = unwrapped is not None
         plain = unwrapped if unwrapped is not None else _reattach_outer_headers(outer, verdict.content)
         # From is checked on the message delivered: unwrapped, the signed entity's own header fields (a second
         # From) join the outer ones, and the delivered message must have exactly one From, bound to the signer.
-        headers_entity = mime.parse_entity(plain, self.limits)
-        sender = _single_address(headers_entity, "From")
+        sender = _single_address(mime._parse_header_fields(plain, self.limits), "From")
+        del content_entity, unwrapped
+        verdict = dataclasses.replace(verdict, content=b"")
 
         accepted, binding, path, rejected = self._accept_signer(verdict, sender, at, trust)
         return IncomingResult(
@@ -478,7 +493,7 @@ class SecurityAgent:
             signer=accepted,
             binding=binding,
             path=path,
-            wrapped=unwrapped is not None,
+            wrapped=wrapped,
             decrypted=decrypted,
             signature=verdict,
             rejected_signers=tuple(rejected),
@@ -553,8 +568,14 @@ def _name_role(exc: SecurityError, role: str) -> SecurityError:
     return exc
 
 
-def _single_address(entity: mime.Entity, name: str) -> DirectAddress:
-    values = entity.header_all(name)
+def _header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
+    """Values of every field called ``name`` (case-insensitive), in order (as :meth:`mime.Entity.header_all`)."""
+    wanted = name.lower()
+    return [value for field_name, value in headers if field_name.lower() == wanted]
+
+
+def _single_address(headers: Sequence[tuple[str, str]], name: str) -> DirectAddress:
+    values = _header_values(headers, name)
     if len(values) != 1:
         raise AddressError(f"the message needs exactly one {name} header, found {len(values)}")
     return DirectAddress.parse(values[0])

@@ -13,6 +13,7 @@ Every loader is bounded (:data:`MAX_INPUT_BYTES`) and maps every failure to
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import math
@@ -116,6 +117,12 @@ class Certificate:
         """
         _check_size(der, "certificate")
         der = bytes(der)
+        if cls is Certificate:
+            return _certificate_from_der(der)  # the same certificates arrive in message after message
+        return cls._parse_der(der)
+
+    @classmethod
+    def _parse_der(cls, der: bytes) -> Certificate:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_SERIAL_WARNING)
@@ -345,6 +352,11 @@ class Certificate:
 
         Spec: DESIGN.md section 4 (errors carry context).
         """
+        return self._description
+
+    @functools.cached_property
+    def _description(self) -> str:
+        # computed once per certificate (every verdict and error names it); a pure function of the DER
         sans = [f"email:{n}" for n in self.rfc822_names] + [f"DNS:{n}" for n in self.dns_names]
         return f"subject={self.subject}, SAN=[{', '.join(sans)}], sha256={self.fingerprint_sha256}"
 
@@ -356,6 +368,17 @@ class Certificate:
         Spec: RFC 7468 section 5.
         """
         return self.x509.public_bytes(serialization.Encoding.PEM)
+
+
+#: Certificates parsed by :meth:`Certificate.from_der` that are remembered, keyed by their DER.
+_CERTIFICATE_CACHE_SIZE = 512
+
+
+@functools.lru_cache(maxsize=_CERTIFICATE_CACHE_SIZE)
+def _certificate_from_der(der: bytes) -> Certificate:
+    # Certificates are immutable values equal by DER, so one parse can serve every caller; failures raise
+    # and are not remembered.
+    return Certificate._parse_der(der)
 
 
 def require_aware(at: datetime) -> None:

@@ -19,11 +19,12 @@ oddities seen so far in ``.defects``; no other exception escapes on hostile inpu
 
 from __future__ import annotations
 
-import base64
 import binascii
+import io
 import itertools
 import re
 import secrets
+import struct
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +60,6 @@ _FOLD_AT = 78
 
 # A blank line: two line endings in a row, each CRLF, LF or a bare CR (as _to_crlf counts them).
 _HEADER_END = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))")
-_LONG_LINE = re.compile(rb"^[^\r\n]{%d}" % (_MAX_LINE + 1), re.MULTILINE)
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 section 3.6.8: printable ASCII except ":"
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+"  # RFC 2045 section 5.1 token
 _TYPE = re.compile(rf"\s*({_TOKEN})\s*/\s*({_TOKEN})\s*")
@@ -254,7 +254,7 @@ def _parse_params(text: str) -> dict[str, str]:
     return simple
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Entity:
     """One MIME entity exactly as received.
 
@@ -265,7 +265,8 @@ class Entity:
         the blank line.
     :ivar headers: unfolded ``(name, value)`` pairs in order; names as received, values stripped of
         surrounding whitespace, decoded from UTF-8 (Latin-1 when not valid UTF-8).
-    :ivar body: the exact body bytes.
+    :ivar body: the exact body bytes (sliced from ``raw`` on first use: a large entity whose body is not
+        needed is never copied).
     :ivar content_type: the parsed Content-Type (``text/plain`` when absent).
     :ivar defects: tolerated oddities, as short strings.
 
@@ -275,9 +276,70 @@ class Entity:
     raw: bytes
     header_block: bytes
     headers: tuple[tuple[str, str], ...]
-    body: bytes
     content_type: ContentType
-    defects: tuple[str, ...] = ()
+    defects: tuple[str, ...]
+    _body_start: int = field(repr=False)
+    _body: bytes | None = field(default=None, repr=False, compare=False)
+
+    def __init__(
+        self,
+        raw: bytes,
+        header_block: bytes,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+        content_type: ContentType,
+        defects: tuple[str, ...] = (),
+    ) -> None:
+        self._set(raw, header_block, headers, len(raw) - len(body), content_type, defects, body)
+
+    def _set(
+        self,
+        raw: bytes,
+        header_block: bytes,
+        headers: tuple[tuple[str, str], ...],
+        body_start: int,
+        content_type: ContentType,
+        defects: tuple[str, ...],
+        body: bytes | None,
+    ) -> None:
+        for name, value in (
+            ("raw", raw),
+            ("header_block", header_block),
+            ("headers", headers),
+            ("content_type", content_type),
+            ("defects", defects),
+            ("_body_start", body_start),
+            ("_body", body),
+        ):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def _lazy(
+        cls,
+        raw: bytes,
+        header_block: bytes,
+        headers: tuple[tuple[str, str], ...],
+        body_start: int,
+        content_type: ContentType,
+        defects: tuple[str, ...],
+    ) -> Entity:
+        """An entity whose body is ``raw[body_start:]``, sliced only when :attr:`body` is first read."""
+        entity = cls.__new__(cls)
+        entity._set(raw, header_block, headers, body_start, content_type, defects, raw if body_start == 0 else None)
+        return entity
+
+    @property
+    def body(self) -> bytes:
+        """The exact body bytes."""
+        body = self._body
+        if body is None:
+            body = self.raw[self._body_start :]
+            object.__setattr__(self, "_body", body)
+        return body
+
+    def _body_view(self) -> memoryview:
+        """The body without a copy."""
+        return memoryview(self.raw)[self._body_start :]
 
     def header(self, name: str) -> str | None:
         """The value of the first field called ``name`` (case-insensitive), or ``None``."""
@@ -318,28 +380,32 @@ def _decode_header_text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _split_header_block(raw: bytes, limits: MimeLimits, defects: list[str]) -> tuple[int, int]:
-    """Return (end of header block, start of body) offsets in ``raw``."""
-    if raw.startswith(b"\r\n"):
-        return 0, 2
-    if raw[:1] in (b"\n", b"\r"):
-        return 0, 1
-    search_end = min(len(raw), limits.max_header_bytes + 4)
-    match = _HEADER_END.search(raw, 0, search_end)
+def _split_header_block(
+    raw: bytes, limits: MimeLimits, defects: list[str], start: int = 0, end: int | None = None
+) -> tuple[int, int]:
+    """Return (end of header block, start of body) offsets in ``raw`` for the entity ``raw[start:end]``."""
+    if end is None:
+        end = len(raw)
+    if raw.startswith(b"\r\n", start, end):
+        return start, start + 2
+    if raw[start : start + 1] in (b"\n", b"\r") and start < end:
+        return start, start + 1
+    search_end = min(end, start + limits.max_header_bytes + 4)
+    match = _HEADER_END.search(raw, start, search_end)
     if match is None:
-        if len(raw) > limits.max_header_bytes:
+        if end - start > limits.max_header_bytes:
             raise _error(
                 f"header block exceeds the limit of {limits.max_header_bytes} bytes",
                 defects,
                 limit=limits.max_header_bytes,
             )
-        if raw:
+        if end > start:
             defects.append(DEFECT_NO_SEPARATOR)
-        return len(raw), len(raw)
+        return end, end
     # Keep the last header line's line ending in the header block.
     newline_length = 2 if raw[match.start() : match.start() + 2] == b"\r\n" else 1
     header_end = match.start() + newline_length
-    if header_end > limits.max_header_bytes:
+    if header_end - start > limits.max_header_bytes:
         raise _error(
             f"header block exceeds the limit of {limits.max_header_bytes} bytes",
             defects,
@@ -415,21 +481,88 @@ def parse_entity(raw: bytes, limits: MimeLimits = MimeLimits()) -> Entity:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise MessageFormatError(f"a MIME entity must be bytes, not {type(raw).__name__}")
     raw = bytes(raw)
+    parsed = _parse_range(raw, 0, len(raw), limits)
+    if parsed.start:
+        raw = raw[parsed.start :]
+    offset = parsed.start
+    return Entity._lazy(
+        raw, parsed.header_block, parsed.headers, parsed.body_start - offset, parsed.content_type, tuple(parsed.defects)
+    )
+
+
+def _parse_header_fields(raw: bytes, limits: MimeLimits = MimeLimits()) -> tuple[tuple[str, str], ...]:
+    """``parse_entity(raw, limits).headers`` with the same errors, without counting or copying the body."""
+    buf = _as_bytes(raw)
+    return _parse_range(buf, 0, len(buf), limits, bare_lf=False).headers
+
+
+@dataclass
+class _Parsed:
+    """One entity ``buf[start:end]`` (after a stripped BOM) parsed in place: what :class:`Entity` holds, as offsets."""
+
+    buf: bytes
+    start: int
+    end: int
+    body_start: int
+    header_block: bytes
+    headers: tuple[tuple[str, str], ...]
+    content_type: ContentType
+    defects: list[str]
+    bare_lf: bool
+    bare_cr: bool | None
+
+    @property
+    def transfer_encoding(self) -> str:
+        for name, value in self.headers:
+            if name.lower() == "content-transfer-encoding":
+                return _transfer_encoding(value)
+        return "7bit"
+
+    def body(self) -> bytes:
+        return self.buf[self.body_start : self.end]
+
+
+def _parse_range(
+    buf: bytes,
+    start: int,
+    end: int,
+    limits: MimeLimits,
+    *,
+    bare_lf: bool | None = None,
+    bare_cr: bool | None = None,
+    need_cr: bool = False,
+) -> _Parsed:
+    """:func:`parse_entity` of ``buf[start:end]`` without copying the body.
+
+    ``bare_lf`` / ``bare_cr``: whether the range holds a bare LF / CR, when the caller knows (``None``: count
+    it; bare CR only when ``need_cr``).
+    """
     defects: list[str] = []
-    if len(raw) > limits.max_message_bytes:
+    if end - start > limits.max_message_bytes:
         raise _error(
-            f"message of {len(raw)} bytes exceeds the limit of {limits.max_message_bytes} bytes",
+            f"message of {end - start} bytes exceeds the limit of {limits.max_message_bytes} bytes",
             defects,
-            size=len(raw),
+            size=end - start,
             limit=limits.max_message_bytes,
         )
-    if raw.startswith(_BOM):
-        raw = raw[len(_BOM) :]
+    if buf.startswith(_BOM, start, end):
+        # every leading BOM: stripping only one would leave the next at the start of the canonical form,
+        # and canonicalize would not be idempotent
+        while buf.startswith(_BOM, start, end):
+            start += len(_BOM)
         defects.append(DEFECT_BOM)
-    if raw.count(b"\n") != raw.count(b"\r\n"):
+    crlf = -1
+    if bare_lf is None:
+        crlf = buf.count(b"\r\n", start, end)
+        bare_lf = buf.count(b"\n", start, end) != crlf
+    if bare_lf:
         defects.append(DEFECT_BARE_LF)
-    header_end, body_start = _split_header_block(raw, limits, defects)
-    header_block = raw[:header_end]
+    if bare_cr is None and need_cr:
+        if crlf < 0:
+            crlf = buf.count(b"\r\n", start, end)
+        bare_cr = buf.count(b"\r", start, end) != crlf
+    header_end, body_start = _split_header_block(buf, limits, defects, start, end)
+    header_block = buf[start:header_end]
     headers = _parse_headers(header_block, limits, defects)
     content_types = [value for name, value in headers if name.lower() == "content-type"]
     if len(content_types) > 1:
@@ -437,28 +570,35 @@ def parse_entity(raw: bytes, limits: MimeLimits = MimeLimits()) -> Entity:
     content_type = ContentType.parse(content_types[0]) if content_types else _DEFAULT_CONTENT_TYPE
     if content_types and content_type is _DEFAULT_CONTENT_TYPE:
         defects.append(DEFECT_BAD_CONTENT_TYPE)
-    return Entity(
-        raw=raw,
-        header_block=header_block,
-        headers=headers,
-        body=raw[body_start:],
-        content_type=content_type,
-        defects=tuple(defects),
-    )
+    return _Parsed(buf, start, end, body_start, header_block, headers, content_type, defects, bare_lf, bare_cr)
 
 
 # --- transfer encodings ---------------------------------------------------------------------------
 
 
-def _b64decode_tolerant(data: bytes, defects: Sequence[str] = ()) -> bytes:
-    compact = data.translate(None, _WHITESPACE)
-    stripped = compact.rstrip(b"=")
-    if stripped.translate(None, _B64_ALPHABET):
+def _b64decode_tolerant(data: bytes | memoryview, defects: Sequence[str] = ()) -> bytes:
+    if isinstance(data, bytes):
+        compact = data.translate(None, _WHITESPACE)
+    else:  # a view of a large body: compacted a piece at a time into one buffer, the body never copied
+        out = io.BytesIO()
+        for offset in range(0, len(data), _ASCII_CHUNK):
+            out.write(bytes(data[offset : offset + _ASCII_CHUNK]).translate(None, _WHITESPACE))
+        compact = out.getvalue()
+        del out
+    # Outside the alphabet only trailing "=" may remain (as if stripped, then checked).
+    others = compact.translate(None, _B64_ALPHABET)
+    padding = len(others)
+    if others.strip(b"=") or not compact.endswith(others):
         raise _error("invalid character in base64 content", defects)
-    if len(stripped) % 4 == 1:
-        raise _error("truncated base64 content", defects, length=len(stripped))
+    length = len(compact) - padding
+    if length % 4 == 1:
+        raise _error("truncated base64 content", defects, length=length)
+    missing = -length % 4
     try:
-        return binascii.a2b_base64(stripped + b"=" * (-len(stripped) % 4))
+        if missing <= padding:
+            # compact[:length + missing] is the stripped data plus exactly the padding it needs: no copy.
+            return binascii.a2b_base64(memoryview(compact)[: length + missing])
+        return binascii.a2b_base64(compact[:length] + b"=" * missing)
     except binascii.Error as exc:  # pragma: no cover - input validated above
         raise _error(f"invalid base64 content: {exc}", defects) from exc
 
@@ -466,9 +606,38 @@ def _b64decode_tolerant(data: bytes, defects: Sequence[str] = ()) -> bytes:
 def _b64encode_lines(data: bytes) -> bytes:
     """Base64 in lines of 76 characters, each ended by CRLF (RFC 2045 section 6.8).
 
-    ``base64.encodebytes`` writes 76-character lines in C-sized chunks; one ``replace`` makes them CRLF.
+    The same bytes as ``base64.encodebytes(data).replace(b"\\n", CRLF)``.
     """
-    return base64.encodebytes(data).replace(b"\n", CRLF)
+    out = io.BytesIO()
+    _b64_write(out, data)
+    return out.getvalue()
+
+
+_B64_LINES_PER_STEP = 1024
+_B64_STEP = struct.Struct("76s" * _B64_LINES_PER_STEP)  # cuts one step's encoding into its lines, in C
+_B64_LINE = struct.Struct("76s")
+_B64_CHUNK = 57 * _B64_LINES_PER_STEP  # input bytes per step: whole 57-byte lines
+
+
+def _b64_write(out: io.BytesIO, data: bytes | memoryview) -> None:
+    """Write ``data`` in base64 lines of 76 characters with CRLF to ``out``.
+
+    Each step encodes 1024 lines' worth in one ``b2a_base64`` call and cuts the lines apart with one
+    ``struct`` unpack, instead of one Python call per 57-byte line.
+    """
+    view = memoryview(data)
+    for offset in range(0, len(view), _B64_CHUNK):
+        encoded = binascii.b2a_base64(view[offset : offset + _B64_CHUNK], newline=False)
+        if len(encoded) == _B64_STEP.size:
+            out.write(CRLF.join(_B64_STEP.unpack(encoded)))
+            out.write(CRLF)
+            continue
+        whole = len(encoded) - len(encoded) % 76
+        lines = [line for (line,) in _B64_LINE.iter_unpack(memoryview(encoded)[:whole])]
+        if whole < len(encoded):
+            lines.append(encoded[whole:])
+        lines.append(b"")
+        out.write(CRLF.join(lines))
 
 
 def decode_body(entity: Entity) -> bytes:
@@ -486,16 +655,22 @@ def decode_body(entity: Entity) -> bytes:
     Spec: RFC 2045 sections 6.1-6.8.
     """
     encoding = entity.transfer_encoding
-    if encoding in _IDENTITY_ENCODINGS:
-        return entity.body
     if encoding == "base64":
-        return _b64decode_tolerant(entity.body, entity.defects)
+        return _b64decode_tolerant(entity._body_view(), entity.defects)
+    return _decode(encoding, entity.body, entity.defects)
+
+
+def _decode(encoding: str, body: bytes, defects: Sequence[str]) -> bytes:
+    if encoding in _IDENTITY_ENCODINGS:
+        return body
+    if encoding == "base64":
+        return _b64decode_tolerant(body, defects)
     if encoding == "quoted-printable":
         try:
-            return binascii.a2b_qp(entity.body)
+            return binascii.a2b_qp(body)
         except (binascii.Error, ValueError) as exc:  # pragma: no cover - a2b_qp is lenient
-            raise _error(f"invalid quoted-printable content: {exc}", entity.defects) from exc
-    raise _error(f"unknown Content-Transfer-Encoding {encoding!r}", entity.defects, encoding=encoding)
+            raise _error(f"invalid quoted-printable content: {exc}", defects) from exc
+    raise _error(f"unknown Content-Transfer-Encoding {encoding!r}", defects, encoding=encoding)
 
 
 def _to_crlf(data: bytes) -> bytes:
@@ -532,39 +707,75 @@ def _boundary_bytes(boundary: str) -> bytes:
         return boundary.encode("utf-8", "replace")
 
 
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?=\r\n|\n|\r|\Z)")
+# After this many "--boundary" hits that are not delimiter lines, the rest is left to the regex engine (C).
+_MAX_FALSE_DELIMITERS = 64
+
+
 def _split_multipart(
-    body: bytes, boundary: str, limits: MimeLimits, defects: list[str], *, required_closed: bool = False
+    body: bytes,
+    boundary: str,
+    limits: MimeLimits,
+    defects: list[str],
+    *,
+    required_closed: bool = False,
+    start: int = 0,
+    end: int | None = None,
 ) -> _Multipart:
-    """Find the delimiter lines of a multipart body (RFC 2046 section 5.1.1) on the raw bytes."""
+    """Find the delimiter lines of a multipart body (RFC 2046 section 5.1.1) on the raw bytes.
+
+    The body is ``body[start:end]``; part offsets are into ``body``.
+    """
     if not boundary:
         raise _error("multipart without a boundary parameter", defects)
-    dash_boundary = re.escape(b"--" + _boundary_bytes(boundary))
-    # "(--)?" marks the close delimiter; transport padding; then a line ending or the end of data.
-    tail = rb"(--)?[ \t]*(?=\r\n|\n|\r|\Z)"
+    if end is None:
+        end = len(body)
+    dash = b"--" + _boundary_bytes(boundary)
     delimiters: list[_Delimiter] = []
 
-    def add(line_start: int, end: int, close: bool) -> None:
-        newline = 2 if body.startswith(b"\r\n", end) else (1 if end < len(body) else 0)
+    def add(line_start: int, stop: int, close: bool) -> None:
+        newline = 2 if body.startswith(b"\r\n", stop, end) else (1 if stop < end else 0)
         if delimiters:
             line_start = max(line_start, delimiters[-1].after)
-        delimiters.append(_Delimiter(line_start, end + newline, close, newline > 0))
+        delimiters.append(_Delimiter(line_start, stop + newline, close, newline > 0))
         if len(delimiters) > limits.max_parts + 1:
             raise _error(f"more than {limits.max_parts} body parts", defects, limit=limits.max_parts)
 
-    first = re.compile(dash_boundary + tail).match(body)
+    first = _DELIMITER_TAIL.match(body, start + len(dash), end) if body.startswith(dash, start, end) else None
     if first is not None:
-        add(0, first.end(), first.group(1) is not None)
+        add(start, first.end(), first.group(1) is not None)
     if first is None or first.group(1) is None:
-        # The pattern starts with a line ending, so the regex engine skips ahead in C to candidates.
-        delimiter_line = re.compile(rb"(?:\r\n|\n|\r)" + dash_boundary + tail)
-        for match in delimiter_line.finditer(body, first.end() if first is not None else 0):
-            close = match.group(1) is not None
-            add(match.start(), match.end(), close)
-            if close:
+        # A delimiter is "--boundary" right after a line ending: bytes.find jumps between candidates in C.
+        pos = first.end() if first is not None else start
+        false_hits = 0
+        hit = body.find(dash, pos + 1, end)
+        while hit != -1:
+            before = body[hit - 1]
+            if (before == 0x0A or before == 0x0D) and hit - 1 >= pos:
+                line_start = hit - 2 if hit - 2 >= pos and body[hit - 2 : hit] == CRLF else hit - 1
+                tail = _DELIMITER_TAIL.match(body, hit + len(dash), end)
+                if tail is not None:
+                    close = tail.group(1) is not None
+                    add(line_start, tail.end(), close)
+                    if close:
+                        break
+                    pos = tail.end()
+                    hit = body.find(dash, pos + 1, end)
+                    continue
+            false_hits += 1
+            if false_hits > _MAX_FALSE_DELIMITERS:
+                # Many near misses (hostile or odd input): let the regex engine scan the rest in C.
+                delimiter_line = re.compile(rb"(?:\r\n|\n|\r)" + re.escape(dash) + _DELIMITER_TAIL.pattern)
+                for match in delimiter_line.finditer(body, pos, end):
+                    close = match.group(1) is not None
+                    add(match.start(), match.end(), close)
+                    if close:
+                        break
                 break
+            hit = body.find(dash, hit + 1, end)
     if not delimiters:
         raise _error("multipart body has no boundary delimiter", defects, boundary=boundary)
-    preamble = None if first is not None else body[: delimiters[0].line_start]
+    preamble = None if first is not None else body[start : delimiters[0].line_start]
     closed = delimiters[-1].close
     parts: list[tuple[int, int]] = []
     for current, following in itertools.pairwise(delimiters):
@@ -572,26 +783,52 @@ def _split_multipart(
     epilogue: bytes | None = None
     if closed:
         last = delimiters[-1]
-        epilogue = body[last.after :] if last.has_newline else None
+        epilogue = body[last.after : end] if last.has_newline else None
     else:
         if required_closed:
             raise _error("multipart without closing delimiter", defects, boundary=boundary)
         defects.append(DEFECT_NO_CLOSE_DELIMITER)
-        parts.append((delimiters[-1].after, len(body)))
+        parts.append((delimiters[-1].after, end))
     if not parts:
         defects.append(DEFECT_NO_PARTS)
     return _Multipart(preamble, parts, closed, epilogue)
 
 
-def _composite_body(entity: Entity, defects: list[str]) -> bytes:
-    """The body of a multipart or message entity, decoded if a peer illegally base64/QP-encoded it."""
-    encoding = entity.transfer_encoding
-    if encoding in _IDENTITY_ENCODINGS:
-        return entity.body
+# A range ``buf[start:end]`` with what is known of its line endings: ``bare_lf`` / ``bare_cr`` is True or False
+# when known, None when it has to be counted.
+_Range = tuple[bytes, int, int, bool | None, bool | None]
+
+
+def _sub_range(outer: _Range, start: int, end: int) -> _Range:
+    """A sub-range of ``outer``: a range without bare LF (CR) has one only if the sub-range starts with LF
+    (ends with CR), whose CR (LF) is outside it."""
+    buf, _, _, bare_lf, bare_cr = outer
+    return (
+        buf,
+        start,
+        end,
+        buf.startswith(b"\n", start, end) if bare_lf is False else None,
+        buf.endswith(b"\r", start, end) if bare_cr is False else None,
+    )
+
+
+def _composite_range(parsed: _Parsed, defects: list[str]) -> _Range:
+    """:func:`_composite_body` as a range (the entity's own bytes unless they have to be decoded)."""
+    encoding = parsed.transfer_encoding
     if encoding in ("base64", "quoted-printable"):
         defects.append(DEFECT_ENCODED_COMPOSITE)
-        return decode_body(entity)
-    return entity.body
+        decoded = _decode(encoding, parsed.body(), tuple(parsed.defects))
+        return decoded, 0, len(decoded), None, None
+    whole: _Range = (parsed.buf, parsed.start, parsed.end, parsed.bare_lf, parsed.bare_cr)
+    return _sub_range(whole, parsed.body_start, parsed.end)
+
+
+def _as_bytes(raw: object) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    if not isinstance(raw, bytearray | memoryview):
+        raise MessageFormatError(f"a MIME entity must be bytes, not {type(raw).__name__}")
+    return bytes(raw)
 
 
 # --- structure check ------------------------------------------------------------------------------
@@ -612,16 +849,27 @@ def check_structure(raw: bytes, limits: MimeLimits = MimeLimits()) -> tuple[str,
 
     Spec: RFC 2046 sections 5.1 and 5.2.1, RFC 2045; DESIGN.md section 6.3.
     """
+    return _check_structure(raw, limits)[0]
+
+
+def _check_structure(
+    raw: bytes, limits: MimeLimits, *, need_cr: bool = False
+) -> tuple[tuple[str, ...], tuple[bool, bool | None]]:
+    """:func:`check_structure`, and whether the message holds a bare LF and (with ``need_cr``) a bare CR.
+
+    The line-ending facts let :func:`_wrap` canonicalise the same message without counting again.
+    """
     defects: list[str] = []
     counter = [0]
     try:
-        _walk(raw, 0, limits, defects, counter)
+        buf = _as_bytes(raw)
+        line_endings = _walk((buf, 0, len(buf), None, None), 0, limits, defects, counter, need_cr=need_cr)
     except MessageFormatError as exc:
         merged = tuple(defects) + tuple(d for d in exc.defects if d not in defects)
         raise MessageFormatError(exc.message, defects=merged, **exc.context) from exc
     except RecursionError as exc:
         raise _error("MIME structure nested too deeply", defects) from exc
-    return tuple(dict.fromkeys(defects))
+    return tuple(dict.fromkeys(defects)), line_endings
 
 
 def _enter(depth: int, limits: MimeLimits, defects: list[str], counter: list[int]) -> None:
@@ -632,18 +880,24 @@ def _enter(depth: int, limits: MimeLimits, defects: list[str], counter: list[int
         raise _error(f"MIME nesting deeper than {limits.max_depth}", defects, limit=limits.max_depth)
 
 
-def _walk(raw: bytes, depth: int, limits: MimeLimits, defects: list[str], counter: list[int]) -> None:
+def _walk(
+    span: _Range, depth: int, limits: MimeLimits, defects: list[str], counter: list[int], *, need_cr: bool = False
+) -> tuple[bool, bool | None]:
     _enter(depth, limits, defects, counter)
-    entity = parse_entity(raw, limits)
-    defects.extend(entity.defects)
-    content_type = entity.content_type
+    buf, start, end, bare_lf, bare_cr = span
+    parsed = _parse_range(buf, start, end, limits, bare_lf=bare_lf, bare_cr=bare_cr, need_cr=need_cr)
+    defects.extend(parsed.defects)
+    content_type = parsed.content_type
     if content_type.maintype == "multipart":
-        body = _composite_body(entity, defects)
-        structure = _split_multipart(body, content_type.params.get("boundary", ""), limits, defects)
-        for start, end in structure.parts:
-            _walk(body[start:end], depth + 1, limits, defects, counter)
+        body = _composite_range(parsed, defects)
+        structure = _split_multipart(
+            body[0], content_type.params.get("boundary", ""), limits, defects, start=body[1], end=body[2]
+        )
+        for part_start, part_end in structure.parts:
+            _walk(_sub_range(body, part_start, part_end), depth + 1, limits, defects, counter)
     elif content_type.mime_type in _MESSAGE_TYPES:
-        _walk(_composite_body(entity, defects), depth + 1, limits, defects, counter)
+        _walk(_composite_range(parsed, defects), depth + 1, limits, defects, counter)
+    return parsed.bare_lf, parsed.bare_cr
 
 
 # --- canonicalisation -----------------------------------------------------------------------------
@@ -673,6 +927,13 @@ def canonicalize(message: bytes, limits: MimeLimits = MimeLimits()) -> bytes:
 
     Spec: AS-16; RFC 8551 section 3.1.1 (canonical text), RFC 2045 section 6, RFC 2046 section 5.1.
     """
+    return b"".join(_canonical_pieces(message, limits))
+
+
+def _canonical_pieces(
+    message: bytes, limits: MimeLimits, line_endings: tuple[bool, bool | None] | None = None
+) -> list[bytes | memoryview]:
+    """:func:`canonicalize` as pieces to join: unchanged bodies are views of ``message``, not copies."""
     defects: list[str] = []
     if len(message) > limits.max_message_bytes:
         raise _error(
@@ -681,18 +942,74 @@ def canonicalize(message: bytes, limits: MimeLimits = MimeLimits()) -> bytes:
             size=len(message),
             limit=limits.max_message_bytes,
         )
+    buf = _as_bytes(message)
+    out: list[bytes | memoryview] = []
     try:
-        result = _canonical_entity(message, 0, limits, defects, [0])
+        bare_lf, bare_cr = line_endings or (None, None)
+        _canonical_entity((buf, 0, len(buf), bare_lf, bare_cr), 0, limits, defects, [0], out)
     except RecursionError as exc:
         raise _error("MIME structure nested too deeply", defects) from exc
-    if not result.endswith(CRLF):
-        result += CRLF
-    return result
+    tail = b""
+    for piece in reversed(out):
+        tail = bytes(piece[-2:]) + tail
+        if len(tail) >= 2:
+            break
+    if not tail.endswith(CRLF):
+        out.append(CRLF)
+    return out
 
 
 def _is_7bit_safe(data: bytes) -> bool:
     """No NUL or 8-bit byte, no line over 998 octets (``data`` already CRLF-normalised)."""
-    return _is_ascii(data) and _LONG_LINE.search(data) is None
+    return _is_ascii(data) and not _has_long_line(data, 0, len(data))
+
+
+def _has_long_line(buf: bytes, start: int, end: int) -> bool:
+    """Whether a line of ``buf[start:end]`` starts with 999 octets that are neither CR nor LF.
+
+    The same answer as ``re.search(rb"^[^\\r\\n]{999}", buf[start:end], re.MULTILINE)``, found by jumping from
+    line start to line start with ``rfind`` over windows of 999 octets (no regex attempt at every byte).
+    """
+    pos = start
+    while end - pos > _MAX_LINE:
+        window_end = pos + _MAX_LINE + 1
+        newline = buf.rfind(b"\n", pos, window_end)
+        if newline != -1:
+            pos = newline + 1  # every line starting in the window ends within it
+            continue
+        if buf.find(b"\r", pos, window_end) == -1:
+            return True
+        newline = buf.find(b"\n", window_end, end)  # the line at pos ends at that CR; skip to the next line
+        if newline == -1:
+            return False
+        pos = newline + 1
+    return False
+
+
+_ASCII_CHUNK = 1 << 20
+
+
+def _range_7bit_safe(buf: bytes, start: int, end: int) -> bool:
+    """:func:`_is_7bit_safe` of ``buf[start:end]`` without copying it."""
+    if buf.find(b"\x00", start, end) != -1:
+        return False
+    # A large range first tries the whole buffer (one fast scan, no copy); at most 64 ranges of 1 MiB fit in a
+    # message, so this stays linear. Otherwise the range is checked a piece at a time.
+    if end - start < _ASCII_CHUNK or not buf.isascii():
+        view = memoryview(buf)
+        for offset in range(start, end, _ASCII_CHUNK):
+            if not bytes(view[offset : min(end, offset + _ASCII_CHUNK)]).isascii():
+                return False
+    return not _has_long_line(buf, start, end)
+
+
+def _pieces_ascii(pieces: Sequence[bytes | memoryview]) -> bool:
+    for piece in pieces:
+        view = memoryview(piece)
+        for offset in range(0, len(view), _ASCII_CHUNK):
+            if not _is_ascii(bytes(view[offset : offset + _ASCII_CHUNK])):
+                return False
+    return True
 
 
 def _is_ascii(data: bytes) -> bool:
@@ -711,71 +1028,72 @@ def _replace_transfer_encoding(header_block: bytes, encoding: str) -> bytes:
     return b"".join(kept)
 
 
-def _canonical_header_block(entity: Entity) -> bytes:
-    header_block = _to_crlf(entity.header_block)
+def _canonical_header_block(raw_header_block: bytes) -> bytes:
+    header_block = _to_crlf(raw_header_block)
     if header_block and not header_block.endswith(CRLF):
         header_block += CRLF
     return header_block
 
 
-def _assemble(header_block: bytes, body: bytes) -> bytes:
-    return header_block + CRLF + body
-
-
 def _canonical_entity(
-    raw: bytes, depth: int, limits: MimeLimits, defects: list[str], counter: list[int]
-) -> bytes:
+    span: _Range, depth: int, limits: MimeLimits, defects: list[str], counter: list[int], out: list[bytes | memoryview]
+) -> None:
+    """Append the canonical form of the entity ``span`` to ``out`` (header block, blank line, body)."""
     _enter(depth, limits, defects, counter)
-    entity = parse_entity(raw, limits)
-    defects.extend(entity.defects)
-    if not entity.raw:
-        return b""
-    header_block = _canonical_header_block(entity)
-    content_type = entity.content_type
-    encoding = entity.transfer_encoding
-    if content_type.maintype == "multipart":
-        body = _canonical_multipart(entity, depth, limits, defects, counter)
-        return _assemble(_relabel_composite(header_block, encoding, body), body)
-    if content_type.mime_type in _MESSAGE_TYPES:
-        inner = _composite_body(entity, defects)
-        body = _canonical_entity(inner, depth + 1, limits, defects, counter)
-        return _assemble(_relabel_composite(header_block, encoding, body), body)
-    return _canonical_leaf(entity, header_block, content_type, encoding)
+    buf, start, end, bare_lf, bare_cr = span
+    parsed = _parse_range(buf, start, end, limits, bare_lf=bare_lf, bare_cr=bare_cr, need_cr=True)
+    defects.extend(parsed.defects)
+    if parsed.start == parsed.end:
+        return
+    header_block = _canonical_header_block(parsed.header_block)
+    content_type = parsed.content_type
+    encoding = parsed.transfer_encoding
+    if content_type.maintype == "multipart" or content_type.mime_type in _MESSAGE_TYPES:
+        slot = len(out)
+        out.append(b"")  # the header block, once the body says whether it is 7bit
+        if content_type.maintype == "multipart":
+            _canonical_multipart(parsed, depth, limits, defects, counter, out)
+        else:
+            _canonical_entity(_composite_range(parsed, defects), depth + 1, limits, defects, counter, out)
+        out[slot] = _relabel_composite(header_block, encoding, out[slot + 1 :]) + CRLF
+        return
+    _canonical_leaf(parsed, header_block, content_type, encoding, out)
 
 
-def _relabel_composite(header_block: bytes, encoding: str, body: bytes) -> bytes:
+def _relabel_composite(header_block: bytes, encoding: str, body: Sequence[bytes | memoryview]) -> bytes:
     if encoding in ("7bit",):
         return header_block
     if encoding in ("8bit", "binary", "base64", "quoted-printable"):
-        target = "7bit" if _is_ascii(body) else "8bit"
+        target = "7bit" if _pieces_ascii(body) else "8bit"
         if target != encoding:
             return _replace_transfer_encoding(header_block, target)
     return header_block
 
 
 def _canonical_multipart(
-    entity: Entity, depth: int, limits: MimeLimits, defects: list[str], counter: list[int]
-) -> bytes:
-    body = _composite_body(entity, defects)
-    boundary = entity.content_type.params.get("boundary", "")
-    structure = _split_multipart(body, boundary, limits, defects)
+    parsed: _Parsed,
+    depth: int,
+    limits: MimeLimits,
+    defects: list[str],
+    counter: list[int],
+    out: list[bytes | memoryview],
+) -> None:
+    body = _composite_range(parsed, defects)
+    boundary = parsed.content_type.params.get("boundary", "")
+    structure = _split_multipart(body[0], boundary, limits, defects, start=body[1], end=body[2])
     dash_boundary = b"--" + _boundary_bytes(boundary)
-    chunks: list[bytes] = []
     if structure.preamble is not None:
-        chunks.append(_to_crlf(structure.preamble))
-        chunks.append(CRLF)
+        out.append(_to_crlf(structure.preamble))
+        out.append(CRLF)
     for index, (start, end) in enumerate(structure.parts):
-        if index:
-            chunks.append(CRLF)
-        chunks.append(dash_boundary + CRLF)
-        chunks.append(_canonical_entity(body[start:end], depth + 1, limits, defects, counter))
+        out.append(CRLF + dash_boundary + CRLF if index else dash_boundary + CRLF)
+        _canonical_entity(_sub_range(body, start, end), depth + 1, limits, defects, counter, out)
     if structure.parts:
-        chunks.append(CRLF)
-    chunks.append(dash_boundary + b"--")
+        out.append(CRLF)
+    out.append(dash_boundary + b"--")
     if structure.epilogue is not None:
-        chunks.append(CRLF)
-        chunks.append(_to_crlf(structure.epilogue))
-    return b"".join(chunks)
+        out.append(CRLF)
+        out.append(_to_crlf(structure.epilogue))
 
 
 def _is_text(content_type: ContentType) -> bool:
@@ -785,22 +1103,35 @@ def _is_text(content_type: ContentType) -> bool:
     return not charset.startswith(_WIDE_CHARSETS)
 
 
-def _canonical_leaf(entity: Entity, header_block: bytes, content_type: ContentType, encoding: str) -> bytes:
+def _canonical_leaf(
+    parsed: _Parsed, header_block: bytes, content_type: ContentType, encoding: str, out: list[bytes | memoryview]
+) -> None:
     text = _is_text(content_type)
+    buf, body_start, end = parsed.buf, parsed.body_start, parsed.end
     if encoding in ("7bit", "8bit", "base64", "quoted-printable"):
-        normalised = _to_crlf(entity.body)
-        if _is_7bit_safe(normalised):
+        body_lf = buf.startswith(b"\n", body_start, end) if parsed.bare_lf is False else True
+        normalised: bytes | memoryview
+        if not body_lf and parsed.bare_cr is False:
+            # Already CRLF throughout: the body goes into the result as a view, never copied until the join.
+            normalised = memoryview(buf)[body_start:end]
+            safe = _range_7bit_safe(buf, body_start, end)
+        else:
+            normalised = _to_crlf(buf[body_start:end])
+            safe = _is_7bit_safe(normalised)
+        if safe:
             if encoding == "8bit":
                 header_block = _replace_transfer_encoding(header_block, "7bit")
-            return _assemble(header_block, normalised)
+            out += [header_block + CRLF, normalised]
+            return
         del normalised
     elif encoding != "binary":
         # An unknown encoding (x-uuencode, ...): we cannot decode it, so keep it, line endings fixed.
-        return _assemble(header_block, _to_crlf(entity.body))
-    payload = decode_body(entity)
+        out += [header_block + CRLF, _to_crlf(buf[body_start:end])]
+        return
+    payload = _decode(encoding, parsed.body(), tuple(parsed.defects))
     if text:
         payload = _to_crlf(payload)
-    return _assemble(_replace_transfer_encoding(header_block, "base64"), _b64encode_lines(payload))
+    out += [_replace_transfer_encoding(header_block, "base64") + CRLF, _b64encode_lines(payload)]
 
 
 # --- wrapping -------------------------------------------------------------------------------------
@@ -819,14 +1150,24 @@ def wrap(message: bytes, *, copy_subject: bool = True) -> tuple[list[tuple[str, 
 
     Spec: AS-12, AS-13 (no Bcc); RFC 8551 section 3.1; AS-16.
     """
-    entity = parse_entity(message)
+    return _wrap(message, copy_subject=copy_subject)
+
+
+def _wrap(
+    message: bytes, *, copy_subject: bool = True, line_endings: tuple[bool, bool | None] | None = None
+) -> tuple[list[tuple[str, str]], bytes]:
+    """:func:`wrap`; ``line_endings`` as found by :func:`_check_structure` for this message, if known."""
+    buf = _as_bytes(message)
+    # Only the header fields are needed here (bare-LF defects are not): the body is neither counted nor copied.
+    headers = _parse_range(buf, 0, len(buf), MimeLimits(), bare_lf=False).headers
     wanted = set(_WRAP_HEADERS)
     if copy_subject:
         wanted.add("subject")
-    outer = [(name, value) for name, value in entity.headers if name.lower() in wanted]
+    outer = [(name, value) for name, value in headers if name.lower() in wanted]
     if not any(name.lower() == "mime-version" for name, _ in outer):
         outer.append(("MIME-Version", "1.0"))
-    return outer, b"Content-Type: message/rfc822" + CRLF + CRLF + canonicalize(message)
+    pieces = _canonical_pieces(buf, MimeLimits(), line_endings)
+    return outer, b"".join([b"Content-Type: message/rfc822" + CRLF + CRLF, *pieces])
 
 
 def unwrap(entity: Entity) -> bytes | None:
@@ -866,6 +1207,13 @@ def build_multipart_signed(
 
     Spec: AS-7; RFC 1847 section 2.1; RFC 8551 section 3.5.3; RFC 2046 section 5.1.1.
     """
+    return b"".join(_multipart_signed_pieces(entity, signature_der, digest, boundary=boundary))
+
+
+def _multipart_signed_pieces(
+    entity: bytes, signature_der: bytes, digest: DigestAlgorithm, *, boundary: str | None = None
+) -> list[bytes]:
+    """:func:`build_multipart_signed` as pieces to join (or to encrypt one after the other, never joined)."""
     if boundary is None:
         boundary = _fresh_boundary(entity)
     elif not _BOUNDARY.fullmatch(boundary) or b"--" + boundary.encode("ascii") in entity:
@@ -880,24 +1228,12 @@ def build_multipart_signed(
     encoded = _b64encode_lines(signature_der)
     if encoded.endswith(CRLF):
         encoded = encoded[:-2]
-    return b"".join(
-        [
-            header,
-            CRLF,
-            dash,
-            CRLF,
-            entity,
-            CRLF,
-            dash,
-            CRLF,
-            _SIGNATURE_PART_HEADER,
-            encoded,
-            CRLF,
-            dash,
-            b"--",
-            CRLF,
-        ]
-    )
+    # Small pieces are merged; the entity stays one piece of its own.
+    return [
+        header + CRLF + dash + CRLF,
+        entity,
+        CRLF + dash + CRLF + _SIGNATURE_PART_HEADER + encoded + CRLF + dash + b"--" + CRLF,
+    ]
 
 
 _SIGNATURE_PART_HEADER = (
@@ -960,9 +1296,15 @@ def split_multipart_signed(entity: Entity, limits: MimeLimits = MimeLimits()) ->
     content_type = entity.content_type
     if content_type.mime_type != "multipart/signed":
         raise _error(f"expected multipart/signed, found {content_type.mime_type}", defects)
-    body = entity.body
+    # Split on the entity's own bytes (``body`` is ``raw[_body_start:]``): the body is never copied.
+    body = entity.raw
     structure = _split_multipart(
-        body, content_type.params.get("boundary", ""), limits, defects, required_closed=True
+        body,
+        content_type.params.get("boundary", ""),
+        limits,
+        defects,
+        required_closed=True,
+        start=entity._body_start,
     )
     if len(structure.parts) != 2:
         raise _error(
@@ -1080,4 +1422,8 @@ def build_enveloped_message(
     lines.append(b"Content-Type: application/pkcs7-mime; smime-type=" + kind + b';\r\n name="smime.p7m"')
     lines.append(b"Content-Transfer-Encoding: base64")
     lines.append(b'Content-Disposition: attachment; filename="smime.p7m"')
-    return CRLF.join(lines) + CRLF + CRLF + _b64encode_lines(der)
+    # Written straight into one buffer that becomes the result (BytesIO.getvalue does not copy it).
+    out = io.BytesIO()
+    out.write(CRLF.join(lines) + CRLF + CRLF)
+    _b64_write(out, der)
+    return out.getvalue()

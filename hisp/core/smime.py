@@ -19,8 +19,10 @@ operation over the caller's buffer; the only full-size copies are the cipher out
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -323,8 +325,9 @@ class DecryptedContent:
 # --------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
 def _oaep_params_der(hash_name: str = "sha256") -> bytes:
-    """RSAES-OAEP-params with ``hash_name`` for the hash and MGF1 (RFC 4055 section 4.1), as DER."""
+    """RSAES-OAEP-params with ``hash_name`` for the hash and MGF1 (RFC 4055 section 4.1), as DER (cached)."""
     return bytes(
         asn1_algos.RSAESOAEPParams(
             {
@@ -540,17 +543,39 @@ class _CertIndex:
         return self.by_issuer_serial.get((rid.issuer_key, rid.serial))
 
 
+# The same few names and certificates come back message after message; asn1crypto's normalisation
+# (LDAP string preparation) is slow, so its results are remembered by DER, in bounded caches.
+_NAME_CACHE_SIZE = 1024
+
+
 def _name_key(name: Any) -> bytes:
     """A comparison key for an X.501 Name: asn1crypto's normalised form (RFC 5280 section 7.1 matching)."""
+    return _name_key_of(bytes(name.dump()))
+
+
+@functools.lru_cache(maxsize=_NAME_CACHE_SIZE)
+def _name_key_of(der: bytes) -> bytes:
+    """:func:`_name_key` of the Name encoded as ``der``; the DER itself when it cannot be normalised."""
     try:
-        return bytes(name.hashable.encode("utf-8"))
+        return bytes(asn1_x509.Name.load(der).hashable.encode("utf-8"))
     except _PARSE_ERRORS:
-        return bytes(name.dump())
+        return der
+
+
+@functools.lru_cache(maxsize=_NAME_CACHE_SIZE)
+def _name_description(der: bytes) -> str:
+    """asn1crypto's ``human_friendly`` form of the Name encoded as ``der``."""
+    return str(asn1_x509.Name.load(der).human_friendly)
 
 
 def _issuer_serial_key(cert: Certificate) -> tuple[bytes, int] | None:
+    return _issuer_serial_key_of(cert.der)
+
+
+@functools.lru_cache(maxsize=_NAME_CACHE_SIZE)
+def _issuer_serial_key_of(der: bytes) -> tuple[bytes, int] | None:
     try:
-        parsed = asn1_x509.Certificate.load(cert.der)
+        parsed = asn1_x509.Certificate.load(der)
         return _name_key(parsed.issuer), int(parsed.serial_number)
     except _PARSE_ERRORS:
         return None
@@ -573,9 +598,9 @@ class _Identifier:
         if choice.name != "issuer_and_serial_number":
             raise ValueError(f"unknown identifier {choice.name}")
         ias = choice.chosen
-        issuer = ias["issuer"]
+        issuer = bytes(ias["issuer"].dump())
         serial = int(ias["serial_number"].native)
-        return cls(_name_key(issuer), serial, None, f"issuer {issuer.human_friendly}, serial {serial:#x}")
+        return cls(_name_key_of(issuer), serial, None, f"issuer {_name_description(issuer)}, serial {serial:#x}")
 
     def matches(self, cert: Certificate) -> bool:
         if self.ski is not None:
@@ -650,7 +675,64 @@ def _signing_time(at: datetime) -> Any:
     # RFC 5652 section 11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
     if 1950 <= at.year <= 2049:
         return asn1_cms.Time({"utc_time": at})
-    return asn1_cms.Time({"general_time": at})
+    return asn1_cms.Time({"generalized_time": at})
+
+
+# The SignedData is assembled as DER from pieces: the constant ones (algorithm identifiers, attribute
+# types, the capabilities) and the per-certificate ones (issuerAndSerialNumber, the certificate SET) are
+# encoded once with asn1crypto and remembered, keyed by value or DER bytes.
+
+
+def _tlv(tag: int, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return _der_header(tag, len(body)) + body
+
+
+_ATTRIBUTE_OID_DER = {
+    name: bytes(asn1_cms.CMSAttributeType(name).dump())
+    for name in ("content_type", "signing_time", "message_digest", "smime_capabilities")
+}
+_CONTENT_TYPE_DATA_ATTRIBUTE = bytes(asn1_cms.CMSAttribute({"type": "content_type", "values": ["data"]}).dump())
+_SIGNED_DATA_TYPE_DER = bytes(asn1_cms.ContentType("signed_data").dump())
+_ENCAP_DATA_DER = bytes(asn1_cms.EncapsulatedContentInfo({"content_type": "data"}).dump())
+_VERSION_1_DER = bytes(asn1_core.Integer(1).dump())
+
+
+def _attribute_der(name: str, value_der: bytes) -> bytes:
+    """One CMS Attribute (RFC 5652 section 5.3) with a single value: SEQUENCE { type, SET { value } }."""
+    return _tlv(0x30, _ATTRIBUTE_OID_DER[name], _tlv(0x31, value_der))
+
+
+@functools.lru_cache(maxsize=32)
+def _capabilities_der(capabilities: SmimeCapabilities) -> bytes:
+    return bytes(capabilities.to_asn1().dump())
+
+
+@functools.lru_cache(maxsize=32)
+def _digest_algorithm_der(digest_oid: str) -> bytes:
+    return bytes(asn1_algos.DigestAlgorithm({"algorithm": digest_oid}).dump())
+
+
+@functools.lru_cache(maxsize=32)
+def _signature_algorithm_der(algorithm: str) -> bytes:
+    return bytes(asn1_cms.SignedDigestAlgorithm({"algorithm": algorithm}).dump())
+
+
+@functools.lru_cache(maxsize=1024)
+def _issuer_and_serial_der(certificate_der: bytes) -> bytes:
+    """The IssuerAndSerialNumber of a certificate (RFC 5652 section 10.2.4), as DER."""
+    parsed = asn1_x509.Certificate.load(certificate_der)
+    return bytes(
+        asn1_cms.IssuerAndSerialNumber(
+            {"issuer": parsed.issuer, "serial_number": parsed.serial_number}
+        ).dump()
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _certificate_set_der(ders: tuple[bytes, ...]) -> bytes:
+    """``[0] IMPLICIT CertificateSet`` of distinct certificates: a DER SET OF, elements in sorted order."""
+    return _tlv(0xA0, *sorted(bytes(asn1_x509.Certificate.load(der).dump()) for der in ders))
 
 
 def sign(
@@ -723,69 +805,50 @@ def _sign(
     message_digest = hashlib.new(hash_name, content).digest()
 
     attributes = [
-        asn1_cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
-        asn1_cms.CMSAttribute({"type": "signing_time", "values": [_signing_time(at)]}),
-        asn1_cms.CMSAttribute({"type": "message_digest", "values": [message_digest]}),
+        _CONTENT_TYPE_DATA_ATTRIBUTE,
+        _attribute_der("signing_time", bytes(_signing_time(at).dump())),
+        _attribute_der("message_digest", _tlv(0x04, message_digest)),
     ]
     if capabilities is not None:
-        attributes.append(
-            asn1_cms.CMSAttribute({"type": "smime_capabilities", "values": [capabilities.to_asn1()]})
-        )
+        attributes.append(_attribute_der("smime_capabilities", _capabilities_der(capabilities)))
     # DER SET OF: elements sorted by their encodings (X.690 section 11.6). OpenSSL re-encodes signedAttrs
     # canonically before verifying, so an unsorted SET would fail there.
-    attributes.sort(key=lambda a: bytes(a.dump()))
-    signed_attrs = asn1_cms.CMSAttributes(attributes)
-    to_sign = bytes(signed_attrs.dump())
+    attributes.sort()
+    to_sign = _tlv(0x31, *attributes)
     hash_algorithm = _HASHES[hash_name]()
 
     if isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(to_sign, padding.PKCS1v15(), hash_algorithm)
-        signature_algorithm: dict[str, Any] = {"algorithm": "rsassa_pkcs1v15"}
+        signature_algorithm = _signature_algorithm_der("rsassa_pkcs1v15")
     elif isinstance(key, ec.EllipticCurvePrivateKey):
         signature = key.sign(to_sign, ec.ECDSA(hash_algorithm))
-        signature_algorithm = {"algorithm": _ECDSA_SIGNATURE_OID[digest]}
+        signature_algorithm = _signature_algorithm_der(_ECDSA_SIGNATURE_OID[digest])
     else:
         raise PolicyViolation(
             f"signing key of type {type(key).__name__} not supported (RSA or ECDSA only)",
             certificate=certificate.describe(),
         )
 
-    parsed_cert = asn1_x509.Certificate.load(certificate.der)
-    signer_info = asn1_cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": asn1_cms.SignerIdentifier(
-                {
-                    "issuer_and_serial_number": {
-                        "issuer": parsed_cert.issuer,
-                        "serial_number": parsed_cert.serial_number,
-                    }
-                }
-            ),
-            "digest_algorithm": {"algorithm": digest_oid},
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": signature_algorithm,
-            "signature": signature,
-        }
+    digest_algorithm = _digest_algorithm_der(digest_oid)
+    signer_info = _tlv(
+        0x30,
+        _VERSION_1_DER,
+        _issuer_and_serial_der(certificate.der),  # sid
+        digest_algorithm,
+        b"\xa0" + to_sign[1:],  # signedAttrs: [0] IMPLICIT, the SET OF signed above
+        signature_algorithm,
+        _tlv(0x04, signature),
     )
-    certificates: list[Any] = []
-    seen: set[bytes] = set()
-    for cert in (certificate, *credential.chain, *extra_certificates):
-        if cert.der in seen:
-            continue
-        seen.add(cert.der)
-        certificates.append(parsed_cert if cert is certificate else asn1_x509.Certificate.load(cert.der))
-    encap: dict[str, Any] = {"content_type": "data"}
-    signed_data = asn1_cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [{"algorithm": digest_oid}],
-            "encap_content_info": encap,
-            "certificates": certificates,
-            "signer_infos": [signer_info],
-        }
+    ders = tuple(dict.fromkeys(c.der for c in (certificate, *credential.chain, *extra_certificates)))
+    signed_data = _tlv(
+        0x30,
+        _VERSION_1_DER,
+        _tlv(0x31, digest_algorithm),  # digestAlgorithms
+        _ENCAP_DATA_DER,  # encapContentInfo: id-data, content absent (spliced in below when encapsulated)
+        _certificate_set_der(ders),
+        _tlv(0x31, signer_info),  # signerInfos
     )
-    der = bytes(asn1_cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
+    der = _tlv(0x30, _SIGNED_DATA_TYPE_DER, _tlv(0xA0, signed_data))
     return der if detached else _splice_encapsulated(der, content)
 
 
@@ -1088,10 +1151,16 @@ def verify(
 # --------------------------------------------------------------------------------------------------------
 
 
-def _encrypt_content(content: bytes, cipher: ContentCipher) -> tuple[bytes, Any, list[bytes], bytes]:
-    """Encrypt with a fresh key; return (key, algorithm identifier, ciphertext pieces, GCM tag or b'')."""
+def _encrypt_content(
+    pieces: Sequence[bytes], cipher: ContentCipher
+) -> tuple[bytes, Any, int, Callable[[memoryview], bytes]]:
+    """Set up encryption of the concatenated ``pieces`` with a fresh key.
+
+    Returns (key, algorithm identifier, ciphertext length, ``write``): ``write(out)`` encrypts the pieces
+    straight into ``out`` (at least the ciphertext length + 15 bytes) and returns the GCM tag, or b''.
+    """
     key = os.urandom(cipher.key_size)
-    view = memoryview(content)
+    length = sum(len(piece) for piece in pieces)
     if cipher.authenticated:
         nonce = os.urandom(_GCM_NONCE_BYTES)
         params = _GcmParameters({"aes_nonce": nonce, "aes_icv_len": _GCM_TAG_BYTES})
@@ -1099,18 +1168,29 @@ def _encrypt_content(content: bytes, cipher: ContentCipher) -> tuple[bytes, Any,
             {"algorithm": _CIPHER_OID[cipher], "parameters": asn1_core.Any.load(bytes(params.dump()))}
         )
         gcm_encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
-        pieces = [gcm_encryptor.update(view)]
-        gcm_encryptor.finalize()
-        return key, algorithm, pieces, gcm_encryptor.tag
+
+        def write_gcm(out: memoryview) -> bytes:
+            written = 0
+            for piece in pieces:
+                written += gcm_encryptor.update_into(piece, out[written:])
+            gcm_encryptor.finalize()
+            return gcm_encryptor.tag
+
+        return key, algorithm, length, write_gcm
     iv = os.urandom(_AES_BLOCK)
     algorithm = asn1_algos.EncryptionAlgorithm({"algorithm": _CIPHER_OID[cipher], "parameters": iv})
-    # PKCS#7 padding (RFC 5652 section 6.3) applied to the last partial block only: no copy of the content.
-    whole = len(content) - len(content) % _AES_BLOCK
-    pad = _AES_BLOCK - (len(content) - whole)
-    tail = bytes(view[whole:]) + bytes([pad]) * pad
+    # PKCS#7 padding (RFC 5652 section 6.3) fed as one more piece: no copy of the content.
+    pad = _AES_BLOCK - length % _AES_BLOCK
     encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    pieces = [encryptor.update(view[:whole]), encryptor.update(tail), encryptor.finalize()]
-    return key, algorithm, pieces, b""
+
+    def write_cbc(out: memoryview) -> bytes:
+        written = 0
+        for piece in (*pieces, bytes([pad]) * pad):
+            written += encryptor.update_into(piece, out[written:])
+        encryptor.finalize()
+        return b""
+
+    return key, algorithm, length + pad, write_cbc
 
 
 def _check_recipient(cert: Certificate, recipient_identifier: str) -> rsa.RSAPublicKey:
@@ -1136,40 +1216,39 @@ def _check_recipient(cert: Certificate, recipient_identifier: str) -> rsa.RSAPub
     return public_key
 
 
+@functools.lru_cache(maxsize=8)
+def _key_encryption_algorithm_der(key_transport: KeyTransport) -> bytes:
+    if key_transport is KeyTransport.RSA_OAEP:
+        algorithm = asn1_cms.KeyEncryptionAlgorithm(
+            {"algorithm": "rsaes_oaep", "parameters": asn1_algos.RSAESOAEPParams.load(_oaep_params_der())}
+        )
+    else:
+        algorithm = asn1_cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"})
+    return bytes(algorithm.dump())
+
+
+_KTRI_VERSION_DER = {"ski": bytes(asn1_core.Integer(2).dump()), "issuer_serial": bytes(asn1_core.Integer(0).dump())}
+
+
 def _recipient_info(
     cert: Certificate, key: bytes, key_transport: KeyTransport, recipient_identifier: str
 ) -> Any:
     public_key = _check_recipient(cert, recipient_identifier)
     if recipient_identifier == "ski":
-        ski = bytes(cert.subject_key_identifier or b"")
-        rid = asn1_cms.RecipientIdentifier({"subject_key_identifier": ski})
-        version = "v2"
+        rid = _tlv(0x80, bytes(cert.subject_key_identifier or b""))  # [0] IMPLICIT SubjectKeyIdentifier
+        version = _KTRI_VERSION_DER["ski"]  # v2
     else:
-        parsed = asn1_x509.Certificate.load(cert.der)
-        rid = asn1_cms.RecipientIdentifier(
-            {"issuer_and_serial_number": {"issuer": parsed.issuer, "serial_number": parsed.serial_number}}
-        )
-        version = "v0"
+        rid = _issuer_and_serial_der(cert.der)
+        version = _KTRI_VERSION_DER["issuer_serial"]  # v0
     if key_transport is KeyTransport.RSA_OAEP:
         encrypted_key = public_key.encrypt(
             key, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
         )
-        algorithm = asn1_cms.KeyEncryptionAlgorithm(
-            {"algorithm": "rsaes_oaep", "parameters": asn1_algos.RSAESOAEPParams.load(_oaep_params_der())}
-        )
     else:
         encrypted_key = public_key.encrypt(key, padding.PKCS1v15())
-        algorithm = asn1_cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"})
-    return asn1_cms.RecipientInfo(
-        {
-            "ktri": {
-                "version": version,
-                "rid": rid,
-                "key_encryption_algorithm": algorithm,
-                "encrypted_key": encrypted_key,
-            }
-        }
-    )
+    # KeyTransRecipientInfo (RFC 5652 section 6.2.1), the untagged "ktri" choice of RecipientInfo
+    ktri = _tlv(0x30, version, rid, _key_encryption_algorithm_der(key_transport), _tlv(0x04, encrypted_key))
+    return asn1_cms.RecipientInfo.load(ktri)
 
 
 def encrypt(
@@ -1199,6 +1278,20 @@ def encrypt(
     Spec: RFC 5652 sections 6.1-6.3; RFC 5083; RFC 5084 section 3.2; RFC 3565; RFC 3560; RFC 8017
     sections 7.1-7.2; AS-9, AS-10, AS-11.
     """
+    return _encrypt(
+        (content,), recipients, cipher=cipher, key_transport=key_transport, recipient_identifier=recipient_identifier
+    )
+
+
+def _encrypt(
+    pieces: Sequence[bytes],
+    recipients: Sequence[Certificate],
+    *,
+    cipher: ContentCipher = ContentCipher.AES128_CBC,
+    key_transport: KeyTransport = KeyTransport.RSA_OAEP,
+    recipient_identifier: str = "issuer_serial",
+) -> bytes:
+    """:func:`encrypt` of the concatenation of ``pieces``, which is never built: each piece is encrypted in turn."""
     if not recipients:
         raise ConfigError("encrypt: no recipient certificates given")
     if recipient_identifier not in ("issuer_serial", "ski"):
@@ -1209,31 +1302,30 @@ def encrypt(
     key_transport = KeyTransport(key_transport)
     for cert in recipients:  # check every recipient before the (possibly large) content is encrypted
         _check_recipient(cert, recipient_identifier)
-    key, algorithm, pieces, tag = _encrypt_content(content, cipher)
+    key, algorithm, ciphertext_length, write_ciphertext = _encrypt_content(pieces, cipher)
     infos = [_recipient_info(cert, key, key_transport, recipient_identifier) for cert in recipients]
     recipient_infos = bytes(asn1_cms.RecipientInfos(infos).dump())
-    ciphertext_length = sum(len(p) for p in pieces)
 
-    # The DER is assembled by hand around the ciphertext so that it is copied once (into the result).
+    # The DER is assembled by hand around the ciphertext, which is encrypted straight into the result.
     eci_head = bytes(asn1_cms.ContentType("data").dump()) + bytes(algorithm.dump())
     ct_header = _der_header(0x80, ciphertext_length)  # [0] IMPLICIT OCTET STRING, primitive
     eci_length = len(eci_head) + len(ct_header) + ciphertext_length
     eci_header = _der_header(0x30, eci_length)
     if cipher.authenticated:
         version = bytes(asn1_core.Integer(0).dump())  # RFC 5083 section 2.1: always 0
-        trailer = bytes(asn1_core.OctetString(tag).dump())  # mac
+        trailer_length = len(_der_header(0x04, _GCM_TAG_BYTES)) + _GCM_TAG_BYTES  # mac
         outer_oid = bytes(asn1_cms.ContentType("authenticated_enveloped_data").dump())
     else:
         # RFC 5652 section 6.1: version 2 when any RecipientInfo is not version 0 (KTRI by SKI), else 0.
         version = bytes(asn1_core.Integer(2 if recipient_identifier == "ski" else 0).dump())
-        trailer = b""
+        trailer_length = 0
         outer_oid = bytes(asn1_cms.ContentType("enveloped_data").dump())
-    body_length = len(version) + len(recipient_infos) + len(eci_header) + eci_length + len(trailer)
+    body_length = len(version) + len(recipient_infos) + len(eci_header) + eci_length + trailer_length
     body_header = _der_header(0x30, body_length)
     explicit_length = len(body_header) + body_length
     explicit_header = _der_header(0xA0, explicit_length)
     info_header = _der_header(0x30, len(outer_oid) + len(explicit_header) + explicit_length)
-    return b"".join(
+    head = b"".join(
         [
             info_header,
             outer_oid,
@@ -1244,10 +1336,28 @@ def encrypt(
             eci_header,
             eci_head,
             ct_header,
-            *pieces,
-            trailer,
         ]
     )
+    total = len(head) + ciphertext_length + trailer_length
+    # One buffer of the final size (plus the slack update_into asks for) that BytesIO.getvalue hands over
+    # without a copy: the ciphertext exists once, in the result.
+    out = io.BytesIO()
+    out.write(head)
+    out.seek(total + _AES_BLOCK - 1)
+    out.write(b"\0")
+    buffer = out.getbuffer()
+    try:
+        with buffer[len(head) :] as target:
+            tag = write_ciphertext(target)
+        if cipher.authenticated:
+            trailer = bytes(asn1_core.OctetString(tag).dump())
+            if len(trailer) != trailer_length:  # pragma: no cover - the tag is always 16 bytes
+                raise AssertionError("unexpected GCM tag length")
+            buffer[len(head) + ciphertext_length : total] = trailer
+    finally:
+        buffer.release()
+    out.truncate(total)
+    return out.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1390,12 +1500,21 @@ def _decrypt_content(
     if len(ciphertext) == 0 or len(ciphertext) % _AES_BLOCK:
         return None
     decryptor = Cipher(algorithms.AES(key), modes.CBC(params)).decryptor()
-    plaintext = decryptor.update(ciphertext)
-    decryptor.finalize()
-    pad = plaintext[-1]
-    if not 1 <= pad <= _AES_BLOCK or not hmac.compare_digest(plaintext[-pad:], bytes([pad]) * pad):
+    # Decrypted straight into one buffer (with the slack update_into asks for), cut to the unpadded length
+    # and handed over by BytesIO.getvalue without a copy: the plaintext exists once.
+    size = len(ciphertext)
+    out = io.BytesIO()
+    out.seek(size + _AES_BLOCK - 1)
+    out.write(b"\0")
+    with out.getbuffer() as buffer:
+        decryptor.update_into(ciphertext, buffer)
+        decryptor.finalize()
+        pad = buffer[size - 1]
+        valid = 1 <= pad <= _AES_BLOCK and hmac.compare_digest(bytes(buffer[size - pad : size]), bytes([pad]) * pad)
+    if not valid:
         return None
-    return plaintext[:-pad]
+    out.truncate(size - pad)
+    return out.getvalue()
 
 
 def _cipher_parameters(

@@ -16,8 +16,12 @@ adds trust stores, bundles and CRL/OCSP. Pure: no I/O, no clock.
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -105,6 +109,151 @@ def _drive(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     except RuntimeError:
         return asyncio.run(make())
     raise TrustError("path validation unexpectedly needed I/O", reason="invalid path")
+
+
+# -- the paths certvalidator found, remembered -------------------------------------------------------
+# Building a ValidationContext and a path costs about a millisecond, mostly asn1crypto name preparation,
+# and the same sender or recipient is validated message after message. certvalidator's answer depends on
+# the certificates (leaf, anchors, intermediates, in order), the time tolerance and, through the time,
+# only on the outcome of its validity comparisons ``at + tolerance < not_before`` and
+# ``at - tolerance > not_after`` for the certificates it knows (fetching and revocation data are off).
+# A found path is therefore remembered under the certificates, the tolerance and the *cell* of ``at``:
+# where ``at + tolerance`` falls among every known certificate's notBefore and ``at - tolerance`` among
+# their notAfter. Any ``at`` in the same cell makes certvalidator decide every comparison the same way,
+# so it would find the same path; an ``at`` in another cell is validated afresh. Failures are not
+# remembered. Our own checks (key usage, validity, policy) run on every call.
+
+#: Certificate sets remembered (least recently used dropped first), and time cells per set.
+_PATH_CACHE_SETS = 256
+_PATH_CACHE_CELLS = 8
+#: Certificates whose validity periods (as certvalidator reads them) are remembered.
+_VALIDITY_CACHE_SIZE = 1024
+
+_Cell = tuple[int, int]
+
+
+@functools.lru_cache(maxsize=_VALIDITY_CACHE_SIZE)
+def _validity(der: bytes) -> tuple[datetime, datetime]:
+    """notBefore and notAfter exactly as certvalidator compares them (asn1crypto's native values)."""
+    validity = asn1_x509.Certificate.load(der)["tbs_certificate"]["validity"]
+    return validity["not_before"].native, validity["not_after"].native
+
+
+@dataclass
+class _PathSet:
+    """One set of certificates: their sorted validity bounds and the path found per time cell."""
+
+    not_befores: list[datetime]
+    not_afters: list[datetime]
+    paths: dict[_Cell, tuple[bytes, ...]] = field(default_factory=dict)
+
+    def cell(self, at: datetime, tolerance: timedelta) -> _Cell:
+        # which notBefore values lie after at + tolerance, which notAfter values before at - tolerance
+        return bisect_right(self.not_befores, at + tolerance), bisect_left(self.not_afters, at - tolerance)
+
+
+class _PathCache:
+    """Bounded, thread-safe memory of certvalidator's paths (see the comment above)."""
+
+    def __init__(self, sets: int, cells: int) -> None:
+        self._sets: OrderedDict[tuple[Any, ...], _PathSet] = OrderedDict()
+        self._max_sets = sets
+        self._max_cells = cells
+        self._lock = threading.Lock()
+
+    def _entry(self, key: tuple[Any, ...], ders: Sequence[bytes]) -> _PathSet | None:
+        with self._lock:
+            entry = self._sets.get(key)
+            if entry is not None:
+                self._sets.move_to_end(key)
+                return entry
+        try:
+            bounds = [_validity(der) for der in ders]
+            entry = _PathSet(sorted(b[0] for b in bounds), sorted(b[1] for b in bounds))
+        except (ValueError, TypeError, LookupError, AttributeError, OverflowError):
+            return None  # unusual time values: always validate afresh
+        with self._lock:
+            entry = self._sets.setdefault(key, entry)
+            self._sets.move_to_end(key)
+            while len(self._sets) > self._max_sets:
+                self._sets.popitem(last=False)
+        return entry
+
+    def lookup(
+        self, key: tuple[Any, ...], ders: Sequence[bytes], at: datetime, tolerance: timedelta
+    ) -> tuple[_PathSet | None, _Cell | None, tuple[bytes, ...] | None]:
+        """The remembered path for ``key`` at ``at`` (or None), with the entry and cell to store one under."""
+        entry = self._entry(key, ders)
+        if entry is None:
+            return None, None, None
+        try:
+            cell = entry.cell(at, tolerance)
+        except (TypeError, OverflowError):
+            return None, None, None
+        with self._lock:
+            return entry, cell, entry.paths.get(cell)
+
+    def store(self, entry: _PathSet, cell: _Cell, path: tuple[bytes, ...]) -> None:
+        """Remember ``path`` for ``entry`` in ``cell``."""
+        with self._lock:
+            if cell not in entry.paths and len(entry.paths) >= self._max_cells:
+                entry.paths.clear()
+            entry.paths[cell] = path
+
+    def clear(self) -> None:
+        """Forget everything (tests)."""
+        with self._lock:
+            self._sets.clear()
+        _validity.cache_clear()
+
+
+_PATHS = _PathCache(_PATH_CACHE_SETS, _PATH_CACHE_CELLS)
+
+
+def _find_path(
+    certificate: Certificate,
+    anchors: Sequence[Certificate],
+    intermediates: Sequence[Certificate],
+    at: datetime,
+    skew: int,
+) -> tuple[bytes, ...]:
+    """certvalidator's path for ``certificate``, leaf first, as DER (remembered; see :class:`_PathCache`)."""
+    tolerance = abs(timedelta(seconds=skew))  # as ValidationContext normalises it
+    anchor_ders = tuple(a.der for a in anchors)
+    intermediate_ders = tuple(c.der for c in intermediates)
+    key = (certificate.der, anchor_ders, intermediate_ders, tolerance)
+    entry, cell, cached = _PATHS.lookup(key, (certificate.der, *anchor_ders, *intermediate_ders), at, tolerance)
+    if cached is not None:
+        return cached
+    context = ValidationContext(
+        trust_roots=[asn1_x509.Certificate.load(der) for der in anchor_ders],
+        other_certs=[asn1_x509.Certificate.load(der) for der in intermediate_ders],
+        moment=at,
+        allow_fetching=False,
+        revocation_mode="soft-fail",
+        time_tolerance=tolerance,
+        # The policy decides on digests and key sizes below, with clearer errors.
+        algorithm_usage_policy=DisallowWeakAlgorithmsPolicy(
+            weak_hash_algos=frozenset(), rsa_key_size_threshold=0, dsa_key_size_threshold=0
+        ),
+    )
+    validator = CertificateValidator(asn1_x509.Certificate.load(certificate.der), validation_context=context)
+    try:
+        path = _drive(validator.async_validate_path)
+    except (ValidationError, PathBuildingError) as exc:
+        raise _trust_error(exc, certificate) from None
+    except PathValidationError as exc:  # pragma: no cover - subclass of ValidationError, kept explicit
+        raise _trust_error(exc, certificate) from None
+
+    # certvalidator gives the path anchor first; ours is leaf first.
+    ders: list[bytes] = []
+    for cert in path.iter_certs(include_root=True):
+        if not ders or ders[-1] != cert.dump():  # a leaf that is itself an anchor appears once
+            ders.append(cert.dump())
+    found = tuple(reversed(ders))
+    if entry is not None and cell is not None:
+        _PATHS.store(entry, cell, found)
+    return found
 
 
 def _usage_error(cert: Certificate, usage: str) -> PolicyViolation:
@@ -246,32 +395,8 @@ def validate_path(
         )
 
     known = {c.der: c for c in (*anchors, *intermediates, certificate)}
-    context = ValidationContext(
-        trust_roots=[asn1_x509.Certificate.load(a.der) for a in anchors],
-        other_certs=[asn1_x509.Certificate.load(c.der) for c in intermediates],
-        moment=at,
-        allow_fetching=False,
-        revocation_mode="soft-fail",
-        time_tolerance=timedelta(seconds=policy.clock_skew),
-        # The policy decides on digests and key sizes below, with clearer errors.
-        algorithm_usage_policy=DisallowWeakAlgorithmsPolicy(
-            weak_hash_algos=frozenset(), rsa_key_size_threshold=0, dsa_key_size_threshold=0
-        ),
-    )
-    validator = CertificateValidator(asn1_x509.Certificate.load(certificate.der), validation_context=context)
-    try:
-        path = _drive(validator.async_validate_path)
-    except (ValidationError, PathBuildingError) as exc:
-        raise _trust_error(exc, certificate) from None
-    except PathValidationError as exc:  # pragma: no cover - subclass of ValidationError, kept explicit
-        raise _trust_error(exc, certificate) from None
-
-    # certvalidator gives the path anchor first; ours is leaf first.
-    ders: list[bytes] = []
-    for cert in path.iter_certs(include_root=True):
-        if not ders or ders[-1] != cert.dump():  # a leaf that is itself an anchor appears once
-            ders.append(cert.dump())
-    chain = tuple(known.get(d) or Certificate.from_der(d) for d in reversed(ders))
+    ders = _find_path(certificate, anchors, intermediates, at, policy.clock_skew)
+    chain = tuple(known.get(d) or Certificate.from_der(d) for d in ders)
     if len(chain) - 1 > MAX_ISSUERS:
         raise TrustError(
             f"invalid path: {len(chain) - 1} issuers exceed the limit of {MAX_ISSUERS}: "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -713,3 +713,18 @@ def test_large_content_round_trip(pki: Pki) -> None:
     for cipher in (ContentCipher.AES128_CBC, ContentCipher.AES256_GCM):
         der = smime.encrypt(content, [pki.alice.certificate], cipher=cipher)
         assert smime.decrypt(der, [pki.alice.credential], policy=DIRECT_13).content == content
+
+
+@pytest.mark.parametrize("year", [2049, 2050, 2051], ids=["utc-time", "generalized-2050", "generalized-2051"])
+def test_signing_time_after_2049_is_generalized_time(year: int) -> None:
+    """RFC 5652 section 11.3: signingTime is UTCTime for 1950-2049 and GeneralizedTime otherwise."""
+    from hisp.testing.pki import TestPKI
+
+    at = datetime(year, 6, 1, tzinfo=UTC)
+    signer = TestPKI(at=at).user("a@direct.example").credential
+    der = smime.sign(b"content", signer, digest=DigestAlgorithm.SHA256, at=at)
+    attrs = asn1_cms.ContentInfo.load(der)["content"]["signer_infos"][0]["signed_attrs"]
+    (signing_time,) = [a for a in attrs if a["type"].native == "signing_time"]
+    assert signing_time["values"][0].name == ("utc_time" if year <= 2049 else "generalized_time")
+    verdict = smime.verify(der, content=b"content", policy=policy_from_name("direct-1.3"))
+    assert verdict.valid_signers[0].signing_time == at
