@@ -7,6 +7,7 @@ Commands so far:
 * ``hisp ca init`` / ``hisp ca issue``: a development PKI (never for production keys).
 * ``hisp message outgoing`` / ``hisp message incoming``: run the security agent on one message.
 * ``hisp trust bundle show`` / ``hisp trust bundle fetch``: inspect, download and verify a trust bundle.
+* ``hisp cert validate``: an explained trust decision on one certificate (exit 0 trusted, 1 not trusted).
 """
 
 from __future__ import annotations
@@ -25,13 +26,24 @@ import click
 from hisp import __version__
 from hisp.adapters import http
 from hisp.adapters.bundles import DEFAULT_TIMEOUT, write_atomically
+from hisp.adapters.revocation import BoundedFetcherBackend
 from hisp.addresses import DirectAddress, parse_address_list
 from hisp.core import devca, mime
 from hisp.core.agent import SecurityAgent, StaticAnchors
 from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, TrustBundle, describe_anchor, parse_bundle
 from hisp.core.certs import Certificate, Credential, load_certificates, load_credential
-from hisp.core.policy import PRESETS, ContentCipher, DigestAlgorithm, KeyTransport, policy_from_name
-from hisp.errors import CertificateError, ConfigError, HispError
+from hisp.core.policy import (
+    PRESETS,
+    ContentCipher,
+    DigestAlgorithm,
+    Direction,
+    KeyTransport,
+    RevocationMode,
+    policy_from_name,
+)
+from hisp.core.trust import TrustAnchor, TrustStore, TrustVerdict
+from hisp.core.trust import validate as validate_trust
+from hisp.errors import AddressError, CertificateError, ConfigError, HispError, PolicyViolation, TrustError
 
 __all__ = ["main"]
 
@@ -654,6 +666,141 @@ def trust_bundle_fetch(
         signature = f"signed by {bundle.signer.subject}"
     click.echo(f"{count} anchor{'s' if count != 1 else ''}, {signature}, sha256 {bundle.digest} -> {target}")
 
+
+# -- certificates --------------------------------------------------------------------------------
+
+
+@main.group()
+def cert() -> None:
+    """Certificates: explained trust decisions."""
+
+
+def _cli_bundle_anchors(source: str, timeout: float, at: datetime, policy_name: str) -> list[Certificate]:
+    """The anchors of a bundle file or URL (signed bundles accepted unverified: no signer is configured)."""
+    if _is_url(source):
+        result = http.fetch(source, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES)
+        assert result.body is not None  # no validators sent: never a 304
+        data = result.body
+    else:
+        data = _read_bundle_file(source, DEFAULT_MAX_BUNDLE_BYTES)
+    return list(parse_bundle(data, source=source, at=at, policy=policy_from_name(policy_name)).anchors)
+
+
+@cert.command("validate")
+@click.argument("cert_path", metavar="CERT", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--anchor",
+    "anchor_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Trust anchor file, PEM or DER (repeat for each).",
+)
+@click.option("--bundle", "bundle_sources", multiple=True, metavar="FILE_OR_URL", help="Trust bundle (repeat).")
+@click.option("--address", default=None, help="Direct address the certificate must be bound to (AS-2, AS-3).")
+@click.option(
+    "--direction",
+    type=click.Choice(["incoming", "outgoing"]),
+    default="incoming",
+    show_default=True,
+    help="incoming: a sender's signing certificate; outgoing: a recipient's encryption certificate.",
+)
+@click.option("--policy", "policy_name", type=click.Choice(sorted(PRESETS)), default="direct-1.3", show_default=True)
+@click.option(
+    "--revocation",
+    type=click.Choice([m.value for m in RevocationMode]),
+    default="soft",
+    show_default=True,
+    help="hard: an unreachable CRL/OCSP source rejects; soft: accepted with a warning; off: not checked.",
+)
+@click.option("--at", "at_text", default=None, help="ISO 8601 validation time (default now; no zone means UTC).")
+@click.option(
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds per CRL, OCSP, AIA or bundle request.",
+)
+@click.option("--explain", is_flag=True, help="Print the verdict: chain, anchor, revocation, rule.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
+@_fail_cleanly
+def cert_validate(
+    cert_path: str,
+    anchor_paths: Sequence[str],
+    bundle_sources: Sequence[str],
+    address: str | None,
+    direction: str,
+    policy_name: str,
+    revocation: str,
+    at_text: str | None,
+    timeout: float,
+    explain: bool,
+    as_json: bool,
+) -> None:
+    """Decide whether CERT is trusted by the given anchors and bundles; exit 0 if trusted, 1 if not.
+
+    Further certificates in CERT after the first serve as intermediates. Missing intermediates are fetched
+    through AIA caIssuers; CRLs and OCSP are consulted unless --revocation off.
+    """
+    if not anchor_paths and not bundle_sources:
+        raise click.UsageError("give at least one --anchor or --bundle")
+    at = _parse_time(at_text)
+    try:
+        bound = DirectAddress.parse(address) if address is not None else None
+    except AddressError as exc:
+        raise click.BadParameter(exc.message, param_hint="--address") from None
+    leaf, *intermediates = _certificates_from(cert_path, "CERT")
+    anchors = [
+        TrustAnchor(c, path) for path in anchor_paths for c in _certificates_from(path, "--anchor")
+    ] + [
+        TrustAnchor(c, f"bundle {source}")
+        for source in bundle_sources
+        for c in _cli_bundle_anchors(source, timeout, at, policy_name)
+    ]
+    way = Direction(direction)
+    store = TrustStore(
+        domain=bound.domain if bound is not None else None,
+        incoming=tuple(anchors) if way is Direction.INCOMING else (),
+        outgoing=tuple(anchors) if way is Direction.OUTGOING else (),
+        revocation=RevocationMode(revocation),
+        policy=policy_from_name(policy_name),
+    )
+    fetcher = BoundedFetcherBackend(timeout=timeout, total_timeout=3 * timeout, failure_ttl=0)
+    try:
+        verdict = validate_trust(
+            leaf, store=store, direction=way, intermediates=intermediates, at=at, address=bound, revocation=fetcher
+        )
+    except (TrustError, PolicyViolation) as exc:
+        failed = exc.context.get("verdict")
+        if isinstance(failed, TrustVerdict):
+            if as_json:
+                click.echo(json.dumps(failed.to_json(), indent=2))
+            elif explain:
+                click.echo(failed.explain())
+        raise
+    if as_json:
+        click.echo(json.dumps(verdict.to_json(), indent=2))
+    elif explain:
+        click.echo(verdict.explain())
+    else:
+        assert verdict.anchor is not None
+        click.echo(
+            f"trusted: {leaf.subject} -> {verdict.anchor.certificate.subject} "
+            f"({verdict.revocation.describe()})"
+        )
+    for warning in verdict.warnings:
+        click.echo(f"hisp: warning: {warning}", err=True)
+
+
+# -- publishing our certificates: hisp dns serve|zone, hisp ldap ldif (CD-11) ------------------------
+
+from hisp.commands.publish import dns_group, ldap_group  # noqa: E402  (kept with its registration)
+
+main.add_command(dns_group)
+main.add_command(ldap_group)
+
+from hisp.commands.discover import discover  # noqa: E402  (kept with its registration)
+
+main.add_command(discover)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

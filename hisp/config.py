@@ -2,8 +2,10 @@
 
 This module defines the **trust** part (AS-21, TB-3, TB-4): trust anchors and trust bundles, each
 associated with local health domains (or single addresses) and flagged incoming and/or outgoing, plus
-the revocation mode, policy preset and clock-skew allowance per domain. Later issues add the hosted
-domains, credentials, listeners, storage and queue parts to the same file.
+the revocation mode, policy preset and clock-skew allowance per domain; and the **hosted domains** part
+(CD-11): each health domain with its addresses, its certificates (files, binding, where each is published in
+DNS and/or LDAP) and more DNS records, with the ``[dns]`` and ``[ldap]`` publication settings. Later issues
+add the listeners, storage and queue parts to the same file.
 
 Example::
 
@@ -30,12 +32,54 @@ Example::
     name = "direct.clinic.example"
     revocation = "hard"
 
+    [dns]
+    ttl = 3600                   # seconds, every published record unless it sets its own
+    negative_ttl = 300           # seconds, SOA minimum (NXDOMAIN/NODATA caching)
+    nameservers = ["ns1.clinic.example"]   # NS records; the first is the SOA MNAME
+    hostmaster = "hostmaster@clinic.example"
+    # serial = 2026113001        # default: the file's modification time
+
+    [ldap]
+    base = "ou=direct,dc=clinic,dc=example"   # where `hisp ldap ldif` puts the entries
+
+    [[domain]]
+    name = "direct.clinic.example"
+    addresses = ["dr.a@direct.clinic.example", "front.desk@direct.clinic.example"]
+
+    [[domain.certificate]]       # domain-bound (no address): CERT at direct.clinic.example.
+    file = "certs/domain.pem"    # PEM or DER certificate, ours first, then its chain
+    key = "certs/domain.key"     # optional for publishing; encrypted keys take passphrase_env/_file
+    publish = ["dns", "ldap"]    # default ["dns"]; [] = not published
+
+    [[domain.certificate]]       # address-bound: CERT at dr.a.direct.clinic.example.
+    address = "dr.a@direct.clinic.example"
+    pkcs12 = "certs/dr.a.p12"
+    passphrase_env = "HISP_DR_A_P12"   # or passphrase_file = "secrets/dr.a.pass"; never in this file
+    publish = ["dns"]
+
+    [[domain.record]]
+    name = "@"                   # relative to the domain, or absolute with a final dot
+    type = "MX"                  # A, AAAA, MX, SRV or TXT
+    value = "10 mail.clinic.example."
+
+    [[domain.record]]
+    name = "_ldap._tcp"
+    type = "SRV"
+    value = "0 100 389 ldap.clinic.example."
+    ttl = 600
+
+Certificate files are read and checked when the configuration is loaded: a certificate's subjectAltName
+must name its address (rfc822Name) or domain (dNSName). PKCS#12 files are checked when used, since their
+passphrase comes from the environment or a file.
+
 Paths are relative to the configuration file's directory. Every error names the file, the key and what
 is wrong (a :class:`~hisp.errors.ConfigError`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,16 +87,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+
 from hisp.addresses import DirectAddress, HealthDomain
+from hisp.core.certs import CertBinding, Certificate, Credential, load_certificates, load_credential
 from hisp.core.policy import PRESETS, Direction, RevocationMode, SecurityPolicy, policy_from_name
-from hisp.errors import AddressError, ConfigError
+from hisp.errors import AddressError, CertificateError, ConfigError
 
 __all__ = [
     "AnchorConfig",
     "BundleConfig",
+    "CertificateConfig",
     "Config",
     "Direction",
+    "DnsConfig",
+    "DnsRecordConfig",
     "DomainTrustConfig",
+    "HostedDomainConfig",
+    "LdapConfig",
+    "Passphrase",
+    "Publication",
     "RevocationMode",
     "TrustConfig",
     "load_config",
@@ -149,14 +206,20 @@ class TrustConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration (so far: its trust part).
+    """The whole configuration (so far: its trust part and its hosted domains).
 
     :ivar path: the file it was read from (absolute).
     :ivar trust: the trust part.
+    :ivar domains: the hosted health domains with their addresses, certificates and DNS records.
+    :ivar dns: how their zones are published.
+    :ivar ldap: how their certificates are published in LDAP.
     """
 
     path: Path
     trust: TrustConfig = field(repr=False)
+    domains: tuple[HostedDomainConfig, ...] = field(default=(), repr=False)
+    dns: DnsConfig = field(default_factory=lambda: DnsConfig(), repr=False)
+    ldap: LdapConfig = field(default_factory=lambda: LdapConfig(), repr=False)
 
 
 class _Reader:
@@ -306,6 +369,395 @@ def _trust(source: str, table: Mapping[str, Any], base: Path) -> TrustConfig:
     return TrustConfig(policy, revocation, clock_skew, cache_dir, tuple(anchors), tuple(bundles), tuple(domains))
 
 
+# -- hosted domains: addresses, certificates and what is published (CD-11) ------------------------------
+
+
+class Publication(enum.Enum):
+    """Where a certificate of ours is published for certificate discovery (CD-11, DCDT H1-H4)."""
+
+    DNS = "dns"
+    LDAP = "ldap"
+
+
+@dataclass(frozen=True)
+class Passphrase:
+    """Where the passphrase of a private key or PKCS#12 file comes from: never the TOML itself.
+
+    :ivar env: the name of an environment variable holding it (UTF-8).
+    :ivar file: a file holding it (one line; a final newline is dropped).
+    :ivar source: the configuration file, for error messages.
+    :ivar config_key: the configuration key that named it, e.g. ``"domain[0].certificate[1].passphrase_env"``.
+    """
+
+    env: str | None
+    file: Path | None
+    source: str = field(default="<config>", compare=False)
+    config_key: str = field(default="passphrase", compare=False)
+
+    def read(self, environ: Mapping[str, str]) -> bytes:
+        """The passphrase.
+
+        :param environ: the process environment (the CLI passes :data:`os.environ`).
+        :returns: its bytes (UTF-8).
+        :raises ConfigError: the variable is not set, or the file cannot be read.
+
+        Spec: CD-11 (our credentials); operators keep secrets out of configuration files.
+        """
+        if self.env is not None:
+            if self.env not in environ:
+                raise _error(self.source, self.config_key, f"the environment variable {self.env} is not set")
+            return environ[self.env].encode("utf-8")
+        assert self.file is not None
+        try:
+            data = self.file.read_bytes()
+        except OSError as exc:
+            raise _error(self.source, self.config_key, f"cannot read {self.file}: {exc.strerror}") from None
+        return data[:-1] if data.endswith(b"\n") else data
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    """One certificate of a hosted domain: its files, its binding and where it is published.
+
+    Address-bound when :attr:`address` is set (published at the owner name ``local.domain.`` and under
+    ``mail=<address>``), else domain-bound (at ``domain.`` and ``mail=<domain>``). The certificate's
+    subjectAltName must name that address (rfc822Name) or domain (dNSName): checked when the configuration is
+    loaded for certificate files, and by :meth:`certificate` for PKCS#12 files (whose passphrase the
+    configuration never holds).
+
+    :ivar file: the certificate file (PEM or DER; the first certificate is ours, the others its chain), or the
+        PKCS#12 file when :attr:`pkcs12`.
+    :ivar key: the private key file (PEM or DER), or None (PKCS#12, or a PEM file holding the key too, or
+        published only).
+    :ivar pkcs12: whether :attr:`file` is PKCS#12.
+    :ivar passphrase: where the passphrase of the key or PKCS#12 file comes from, or None.
+    :ivar domain: the hosted domain.
+    :ivar address: the address it is bound to, or None for domain-bound.
+    :ivar publish: where it is published (may be empty: used, not published).
+    :ivar source: the configuration file, for error messages.
+    :ivar config_key: its table in the configuration, e.g. ``"domain[0].certificate[1]"``.
+    """
+
+    file: Path
+    key: Path | None
+    pkcs12: bool
+    passphrase: Passphrase | None
+    domain: HealthDomain
+    address: DirectAddress | None
+    publish: frozenset[Publication]
+    source: str = field(default="<config>", compare=False)
+    config_key: str = field(default="certificate", compare=False)
+
+    @property
+    def binding(self) -> CertBinding:
+        """Address-bound or domain-bound."""
+        return CertBinding.ADDRESS if self.address is not None else CertBinding.DOMAIN
+
+    @property
+    def owner(self) -> str:
+        """What it is published for: the address or the domain, as text (the LDAP ``mail`` value)."""
+        return str(self.address) if self.address is not None else str(self.domain)
+
+    def dns_name(self) -> str:
+        """The absolute owner name of its CERT record (CD-3): ``local.domain.`` or ``domain.``."""
+        return self.address.dns_name() if self.address is not None else self.domain.dns_name()
+
+    def certificate(self, environ: Mapping[str, str] | None = None) -> Certificate:
+        """Read the certificate (for publication), checked against the binding.
+
+        :param environ: the environment, needed only for a PKCS#12 file's passphrase.
+        :returns: the certificate.
+        :raises ConfigError: the file cannot be read or parsed, the passphrase is missing or wrong, or the
+            certificate does not name the address or domain in its subjectAltName.
+
+        Spec: RFC 5280 section 4.2.1.6 (subjectAltName); AS-2, AS-3 (binding); CD-11.
+        """
+        if self.pkcs12:
+            return self.credential(environ).certificate
+        data = self._read(self.file, "file")
+        try:
+            certificate = load_certificates(data)[0]
+        except CertificateError as exc:
+            raise _error(self.source, f"{self.config_key}.file", f"{self.file}: {exc.message}") from None
+        self._check_binding(certificate, "file")
+        return certificate
+
+    def credential(self, environ: Mapping[str, str] | None = None) -> Credential:
+        """Read the certificate and its private key (to sign and decrypt).
+
+        :param environ: the environment, for a passphrase given by ``passphrase_env``.
+        :returns: the credential.
+        :raises ConfigError: no key is configured, a file cannot be read or parsed, the passphrase is missing
+            or wrong, the key does not match, or the binding is wrong.
+
+        Spec: RFC 7292 (PKCS#12); RFC 5958 (private keys); AS-4; CD-11.
+        """
+        password = self.passphrase.read(environ or {}) if self.passphrase is not None else None
+        cert_data = self._read(self.file, "pkcs12" if self.pkcs12 else "file")
+        key_data = None if self.pkcs12 or self.key is None else self._read(self.key, "key")
+        if not self.pkcs12 and key_data is None and b"PRIVATE KEY-----" not in cert_data:
+            raise _error(self.source, f"{self.config_key}.key", "is required to use this certificate (sign or decrypt)")
+        try:
+            credential = load_credential(cert_data, key_data, password)
+        except CertificateError as exc:
+            name = "pkcs12" if self.pkcs12 else ("key" if self.key else "file")
+            raise _error(self.source, f"{self.config_key}.{name}", exc.message) from None
+        self._check_binding(credential.certificate, "pkcs12" if self.pkcs12 else "file")
+        return credential
+
+    def _read(self, path: Path, name: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise _error(self.source, f"{self.config_key}.{name}", f"cannot read {path}: {exc.strerror}") from None
+
+    def _check_binding(self, certificate: Certificate, name: str) -> None:
+        probe = self.address or DirectAddress("postmaster", self.domain)
+        if certificate.binding_for(probe) is not self.binding:
+            names = ", ".join([*certificate.rfc822_names, *certificate.dns_names]) or "none"
+            wanted = f"rfc822Name {self.address}" if self.address else f"dNSName {self.domain}"
+            raise _error(
+                self.source,
+                f"{self.config_key}.{name}",
+                f"{certificate.describe()} is not {self.binding.value}-bound to {self.owner}: "
+                f"its subjectAltName lacks {wanted} (it names: {names})",
+            )
+
+
+@dataclass(frozen=True)
+class DnsRecordConfig:
+    """A DNS record of a hosted domain from the configuration (A, AAAA, MX, SRV, TXT).
+
+    :ivar name: the absolute owner name, e.g. ``"_ldap._tcp.direct.clinic.example."``.
+    :ivar type: the record type, upper-case.
+    :ivar value: the RDATA in master-file syntax with absolute names, e.g. ``"0 100 389 ldap.clinic.example."``.
+    :ivar ttl: seconds.
+    """
+
+    name: str
+    type: str
+    value: str
+    ttl: int
+
+
+@dataclass(frozen=True)
+class HostedDomainConfig:
+    """A health domain this HISP hosts: its addresses, certificates and DNS records.
+
+    :ivar domain: the health domain (also the DNS zone its records are published in).
+    :ivar addresses: its Direct addresses.
+    :ivar certificates: its certificates, address-bound and domain-bound.
+    :ivar records: more DNS records to publish in its zone.
+    """
+
+    domain: HealthDomain
+    addresses: tuple[DirectAddress, ...] = ()
+    certificates: tuple[CertificateConfig, ...] = ()
+    records: tuple[DnsRecordConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """How the hosted domains' zones are published (``hisp dns serve``, ``hisp dns zone``).
+
+    :ivar ttl: TTL of every published record unless a record sets its own (seconds).
+    :ivar negative_ttl: the SOA minimum, i.e. how long resolvers cache NXDOMAIN/NODATA (seconds).
+    :ivar nameservers: absolute names of the zones' NS records; the first is the SOA MNAME.
+    :ivar hostmaster: the SOA RNAME as an absolute name (``hostmaster.clinic.example.``), or None for
+        ``hostmaster.<zone>.``.
+    :ivar serial: the SOA serial; None when not configured (then the configuration file's modification time).
+    """
+
+    ttl: int = 3600
+    negative_ttl: int = 300
+    nameservers: tuple[str, ...] = ()
+    hostmaster: str | None = None
+    serial: int | None = None
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    """How the hosted certificates are published in LDAP (``hisp ldap ldif``).
+
+    :ivar base: the base DN the entries go under, e.g. ``"ou=direct,dc=clinic,dc=example"``, or None.
+    """
+
+    base: str | None = None
+
+
+#: Longest TTL accepted (seconds): a week; RFC 2181 section 8 allows 2^31 - 1 but certificates change.
+MAX_TTL = 7 * 24 * 3600
+#: Record types the configuration may add; CERT, SOA and NS are made from the rest of the configuration.
+RECORD_TYPES = ("A", "AAAA", "MX", "SRV", "TXT")
+
+
+def _error(source: str, key: str, problem: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {problem}", file=source, key=key)
+
+
+def _dns_name(reader: _Reader, key: str, text: str) -> dns.name.Name:
+    try:
+        return dns.name.from_text(text)
+    except dns.exception.DNSException as exc:
+        raise reader.error(key, f"not a valid DNS name: {text!r} ({exc})") from None
+
+
+def _ttl(reader: _Reader, key: str, default: int) -> int:
+    value = reader.get(key, int, default)
+    if not 0 <= value <= MAX_TTL:
+        raise reader.error(key, f"must be between 0 and {MAX_TTL} seconds")
+    return int(value)
+
+
+def _dns(source: str, table: Mapping[str, Any], base: Path) -> DnsConfig:
+    reader = _Reader(source, table, "dns", base)
+    ttl = _ttl(reader, "ttl", 3600)
+    negative_ttl = _ttl(reader, "negative_ttl", 300)
+    nameservers = tuple(_dns_name(reader, "nameservers", n).to_text() for n in reader.strings("nameservers", ()))
+    hostmaster_text = reader.get("hostmaster", str, None)
+    hostmaster = None
+    if hostmaster_text is not None:
+        local, at, domain = hostmaster_text.partition("@")
+        if at and ("." in local or not local or not domain):
+            raise reader.error("hostmaster", f"give a mailbox like hostmaster@clinic.example, not {hostmaster_text!r}")
+        hostmaster = _dns_name(reader, "hostmaster", f"{local}.{domain}" if at else hostmaster_text).to_text()
+    serial = reader.get("serial", int, None)
+    if serial is not None and not 0 <= serial < 2**32:
+        raise reader.error("serial", "must be between 0 and 4294967295 (RFC 1035 section 3.3.13)")
+    reader.finish()
+    return DnsConfig(ttl, negative_ttl, nameservers, hostmaster, serial)
+
+
+def _ldap(source: str, table: Mapping[str, Any], base: Path) -> LdapConfig:
+    reader = _Reader(source, table, "ldap", base)
+    dn = reader.get("base", str, None)
+    if dn is not None and not _looks_like_dn(dn):
+        raise reader.error("base", f"not a distinguished name like ou=direct,dc=clinic,dc=example: {dn!r}")
+    reader.finish()
+    return LdapConfig(dn)
+
+
+def _looks_like_dn(text: str) -> bool:
+    parts = [p.strip() for p in text.split(",")]
+    return all(len(p.partition("=")[0]) > 0 and p.partition("=")[1] == "=" and p.partition("=")[2] for p in parts)
+
+
+def _passphrase(reader: _Reader) -> Passphrase | None:
+    env = reader.get("passphrase_env", str, None)
+    file = reader.path("passphrase_file", None)
+    if "passphrase" in reader.table:
+        reader.used.add("passphrase")
+        raise reader.error("passphrase", "never put a passphrase in the configuration: use passphrase_env or "
+                           "passphrase_file")
+    if env is not None and file is not None:
+        raise reader.error("passphrase_env", "give passphrase_env or passphrase_file, not both")
+    if env is not None:
+        if not env or not all(c.isalnum() or c == "_" for c in env) or env[0].isdigit():
+            raise reader.error("passphrase_env", f"not an environment variable name: {env!r}")
+        return Passphrase(env, None, reader.source, f"{reader.prefix}.passphrase_env")
+    if file is not None:
+        return Passphrase(None, file, reader.source, f"{reader.prefix}.passphrase_file")
+    return None
+
+
+def _hosted_certificate(sub: _Reader, domain: HealthDomain, addresses: Sequence[DirectAddress]) -> CertificateConfig:
+    file = sub.path("file", None)
+    pkcs12 = sub.path("pkcs12", None)
+    if (file is None) == (pkcs12 is None):
+        raise sub.error("file", "give the certificate file (file = ..., with key = ...) or a PKCS#12 file "
+                        "(pkcs12 = ...), one of them")
+    key = sub.path("key", None)
+    if pkcs12 is not None and key is not None:
+        raise sub.error("key", "a PKCS#12 file holds its key: drop key")
+    path = file if file is not None else pkcs12
+    assert path is not None
+    if not path.is_file():
+        raise sub.error("file" if file is not None else "pkcs12", f"no such file: {path}")
+    if key is not None and not key.is_file():
+        raise sub.error("key", f"no such file: {key}")
+    passphrase = _passphrase(sub)
+    address = None
+    address_text = sub.get("address", str, None)
+    if address_text is not None:
+        try:
+            address = DirectAddress.parse(address_text)
+        except AddressError as exc:
+            raise sub.error("address", exc.message) from None
+        if address not in addresses:
+            raise sub.error("address", f"{address} is not one of the domain's addresses")
+    names = sub.strings("publish", ("dns",))
+    try:
+        publish = frozenset(Publication(n) for n in names)
+    except ValueError:
+        raise sub.error("publish", f"each must be dns or ldap, got {names}") from None
+    config = CertificateConfig(
+        path, key, pkcs12 is not None, passphrase, domain, address, publish, source=sub.source, config_key=sub.prefix
+    )
+    if not config.pkcs12:
+        config.certificate()  # parse and check the binding now; PKCS#12 needs its passphrase: checked when used
+    return config
+
+
+def _record(sub: _Reader, domain: HealthDomain, default_ttl: int) -> DnsRecordConfig:
+    origin = dns.name.from_text(domain.dns_name())
+    kind = sub.get("type", str).upper()
+    if kind not in RECORD_TYPES:
+        raise sub.error("type", f"must be one of {', '.join(RECORD_TYPES)} (CERT, SOA and NS are generated): {kind!r}")
+    name_text = sub.get("name", str, "@")
+    try:
+        name = origin if name_text == "@" else dns.name.from_text(name_text, origin=origin)
+    except dns.exception.DNSException as exc:
+        raise sub.error("name", f"not a valid DNS name: {name_text!r} ({exc})") from None
+    if not name.is_subdomain(origin):
+        raise sub.error("name", f"{name} is outside the zone {origin}")
+    value = sub.get("value", str)
+    try:
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, kind, value, origin=origin, relativize=False)
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise sub.error("value", f"not a valid {kind} record: {value!r} ({exc})") from None
+    return DnsRecordConfig(name.to_text(), kind, rdata.to_text(), _ttl(sub, "ttl", default_ttl))
+
+
+def _domains(top: _Reader, dns_config: DnsConfig) -> tuple[HostedDomainConfig, ...]:
+    hosted: list[HostedDomainConfig] = []
+    seen: set[HealthDomain] = set()
+    for sub in _tables(top, "domain"):
+        try:
+            domain = HealthDomain.parse(sub.get("name", str))
+        except AddressError as exc:
+            raise sub.error("name", exc.message) from None
+        if domain in seen:
+            raise sub.error("name", f"{domain} is configured twice")
+        seen.add(domain)
+        addresses: list[DirectAddress] = []
+        for text in sub.strings("addresses", ()):
+            try:
+                address = DirectAddress.parse(text)
+            except AddressError as exc:
+                raise sub.error("addresses", exc.message) from None
+            if address.domain != domain:
+                raise sub.error("addresses", f"{address} is not in the domain {domain}")
+            if address in addresses:
+                raise sub.error("addresses", f"{address} is listed twice")
+            addresses.append(address)
+        certificates = []
+        for cert_reader in _tables(sub, "certificate"):
+            certificates.append(_hosted_certificate(cert_reader, domain, addresses))
+            cert_reader.finish()
+        records = []
+        for record_reader in _tables(sub, "record"):
+            records.append(_record(record_reader, domain, dns_config.ttl))
+            record_reader.finish()
+        sub.finish()
+        hosted.append(HostedDomainConfig(domain, tuple(addresses), tuple(certificates), tuple(records)))
+    publishes_dns = any(
+        Publication.DNS in c.publish for d in hosted for c in d.certificates
+    ) or any(d.records for d in hosted)
+    if publishes_dns and not dns_config.nameservers:
+        raise top.error("dns.nameservers", "is required to publish DNS records (the zones' NS records)")
+    return tuple(hosted)
+
+
 def parse_config(text: str, *, source: str = "<config>", base: Path | None = None) -> Config:
     """Validate configuration text.
 
@@ -313,10 +765,12 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
     :param source: the file name used in error messages.
     :param base: the directory relative paths are resolved against (default: the current directory).
     :returns: the configuration.
-    :raises ConfigError: invalid TOML, an unknown or missing key, or a value of the wrong type or range;
-        the message names the file and the key.
+    :raises ConfigError: invalid TOML, an unknown or missing key, a value of the wrong type or range, a
+        certificate file that is missing, unreadable or not bound to its address or domain; the message names
+        the file and the key.
 
-    Spec: AS-21 (per-domain incoming/outgoing anchors), TB-3 (refresh), TB-4 (domains and directions).
+    Spec: AS-21 (per-domain incoming/outgoing anchors), TB-3 (refresh), TB-4 (domains and directions);
+    CD-11 (published certificates); RFC 1035 section 3.3.13 (SOA).
     """
     base = (base or Path.cwd()).resolve()
     try:
@@ -326,8 +780,11 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
     top = _Reader(source, document, "", base)
     trust_table = top.get("trust", dict, {})
     trust = _trust(source, trust_table, base)
+    dns_config = _dns(source, top.get("dns", dict, {}), base)
+    ldap_config = _ldap(source, top.get("ldap", dict, {}), base)
+    domains = _domains(top, dns_config)
     top.finish()
-    return Config(path=Path(source), trust=trust)
+    return Config(path=Path(source), trust=trust, domains=domains, dns=dns_config, ldap=ldap_config)
 
 
 def load_config(path: str | Path) -> Config:
@@ -351,4 +808,13 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the configuration is not UTF-8 text", file=str(path)) from None
     config = parse_config(text, source=str(path), base=file.parent)
-    return Config(path=file, trust=config.trust)
+    if config.dns.serial is None:  # a new serial whenever the file changes (RFC 1035 section 3.3.13)
+        config = dataclasses.replace(config, dns=dataclasses.replace(config.dns, serial=_mtime_serial(file)))
+    return dataclasses.replace(config, path=file)
+
+
+def _mtime_serial(file: Path) -> int:
+    try:
+        return int(file.stat().st_mtime) % 2**32
+    except OSError:
+        return 1

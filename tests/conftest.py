@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+#: The loopback server fixtures (bind_factory, slapd_factory) for every test directory.
+pytest_plugins = ("hisp.testing.fixtures",)
+
 #: The shared fixture tree (public test data from other projects, byte for byte).
 FIXTURES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures").resolve()
 

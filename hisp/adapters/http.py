@@ -1,4 +1,4 @@
-"""One small, bounded HTTP(S) GET: trust bundles now, CRLs and AIA certificates later.
+"""One small, bounded HTTP(S) request: trust bundles, CRLs, AIA certificates (GET) and OCSP (POST).
 
 :func:`fetch` is synchronous (standard library :mod:`http.client` and :mod:`ssl`); async callers run it in a
 thread (``asyncio.to_thread``). Every fetch is bounded:
@@ -9,7 +9,8 @@ thread (``asyncio.to_thread``). Every fetch is bounded:
   connect, request and read gets the time that is left, so a server that trickles bytes cannot stretch it
   (host name resolution is the one step the socket timeout does not bound);
 * **where**: only ``http`` and ``https`` URLs, at most :data:`MAX_REDIRECTS` redirects, each to an http(s)
-  URL. HTTPS uses a verified TLS context (``ssl.create_default_context()``) unless the caller passes one.
+  URL (a POST, i.e. an OCSP request given ``data``, is never redirected: RFC 6960 appendix A.1 responders
+  answer in place). HTTPS uses a verified TLS context (``ssl.create_default_context()``) unless the caller passes one.
 
 Errors, and why they are split this way: what may heal by itself if retried later (no answer, timeout,
 connection refused or reset, 5xx, 408, 429) is :class:`~hisp.errors.DiscoveryUnavailable`, the tree's
@@ -52,6 +53,7 @@ class FetchResult:
     :ivar etag: the ``ETag`` response header, or None.
     :ivar last_modified: the ``Last-Modified`` response header, or None.
     :ivar url: the final URL, after redirects.
+    :ivar content_type: the ``Content-Type`` response header (parameters stripped, lower case), or None.
 
     Spec: RFC 9110 section 15; RFC 7232 sections 2.2, 2.3 (validators) and 4.1 (304).
     """
@@ -61,18 +63,22 @@ class FetchResult:
     etag: str | None
     last_modified: str | None
     url: str
+    content_type: str | None = None
 
 
 class _Deadline:
-    def __init__(self, seconds: float, url: str) -> None:
+    def __init__(self, seconds: float, url: str, verb: str = "GET") -> None:
         self.end = time.monotonic() + seconds
         self.seconds = seconds
         self.url = url
+        self.verb = verb
 
     def left(self) -> float:
         remaining = self.end - time.monotonic()
         if remaining <= 0:
-            raise DiscoveryUnavailable(f"GET {self.url}: no complete answer within {self.seconds:g} s", url=self.url)
+            raise DiscoveryUnavailable(
+                f"{self.verb} {self.url}: no complete answer within {self.seconds:g} s", url=self.url
+            )
         return remaining
 
 
@@ -119,11 +125,13 @@ def _read_body(
         try:
             total = int(length_header)
         except ValueError:
-            raise InputError(f"GET {url}: bad Content-Length {length_header!r}", url=url) from None
+            raise InputError(f"{deadline.verb} {url}: bad Content-Length {length_header!r}", url=url) from None
         if total < 0:
-            raise InputError(f"GET {url}: bad Content-Length {length_header!r}", url=url)
+            raise InputError(f"{deadline.verb} {url}: bad Content-Length {length_header!r}", url=url)
         if total > max_bytes:
-            raise InputError(f"GET {url}: {total} bytes exceeds the limit of {max_bytes} bytes", url=url, size=total)
+            raise InputError(
+                f"{deadline.verb} {url}: {total} bytes exceeds the limit of {max_bytes} bytes", url=url, size=total
+            )
     chunks: list[bytes] = []
     received = 0
     if progress is not None:
@@ -135,13 +143,17 @@ def _read_body(
             break
         received += len(chunk)
         if received > max_bytes:
-            raise InputError(f"GET {url}: body exceeds the limit of {max_bytes} bytes", url=url, max_bytes=max_bytes)
+            raise InputError(
+                f"{deadline.verb} {url}: body exceeds the limit of {max_bytes} bytes", url=url, max_bytes=max_bytes
+            )
         chunks.append(chunk)
         if progress is not None:
             progress(received, total)
         deadline.left()
     if total is not None and received != total:
-        raise DiscoveryUnavailable(f"GET {url}: connection closed after {received} of {total} bytes", url=url)
+        raise DiscoveryUnavailable(
+            f"{deadline.verb} {url}: connection closed after {received} of {total} bytes", url=url
+        )
     return b"".join(chunks)
 
 
@@ -154,8 +166,15 @@ def fetch(
     last_modified: str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    data: bytes | None = None,
+    content_type: str | None = None,
+    accept: str = "*/*",
 ) -> FetchResult:
-    """GET ``url`` within ``timeout`` seconds and ``max_bytes`` bytes, optionally as a conditional request.
+    """GET ``url`` (or POST ``data`` to it) within ``timeout`` seconds and ``max_bytes`` bytes.
+
+    A GET may be conditional (``etag``, ``last_modified``). A POST (``data`` given, e.g. an OCSP request,
+    RFC 6960 appendix A.1) is sent with ``Content-Type: content_type`` and is not redirected: a redirect
+    answer is an :class:`~hisp.errors.InputError`.
 
     :param url: an ``http://`` or ``https://`` URL.
     :param timeout: total time budget in seconds (connects, requests and reads of every redirect hop).
@@ -166,6 +185,9 @@ def fetch(
         and after every chunk read.
     :param ssl_context: the TLS context for https; default ``ssl.create_default_context()`` (certificate
         and host name verified).
+    :param data: a request body to POST instead of a GET (at most what the caller built; not bounded here).
+    :param content_type: the request's ``Content-Type`` for a POST, e.g. ``"application/ocsp-request"``.
+    :param accept: the ``Accept`` request header, e.g. ``"application/pkix-crl"``.
     :returns: the result; ``status`` 304 with ``body`` None when the server says our copy is current.
     :raises InputError: the URL is not http(s) or has no host, a redirect goes elsewhere or there are more
         than :data:`MAX_REDIRECTS`, a 4xx other than 408/429, another unexpected status, a body larger than
@@ -179,11 +201,14 @@ def fetch(
     """
     if timeout <= 0 or max_bytes <= 0:
         raise ValueError("timeout and max_bytes must be positive")
-    deadline = _Deadline(timeout, url)
+    verb = "GET" if data is None else "POST"
+    deadline = _Deadline(timeout, url, verb)
     current = url
     for _hop in range(MAX_REDIRECTS + 1):
         scheme, host, port, target = _check_url(current)
-        headers = {"User-Agent": _USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"}
+        headers = {"User-Agent": _USER_AGENT, "Accept": accept, "Accept-Encoding": "identity"}
+        if data is not None:
+            headers["Content-Type"] = content_type or "application/octet-stream"
         if etag is not None:
             headers["If-None-Match"] = etag
         if last_modified is not None:
@@ -193,14 +218,16 @@ def fetch(
             try:
                 conn.connect()
                 _set_timeout(conn, deadline.left())
-                conn.request("GET", target, headers=headers)
+                conn.request(verb, target, body=data, headers=headers)
                 _set_timeout(conn, deadline.left())
                 response = conn.getresponse()
                 status = response.status
+                if status in _REDIRECTS and data is not None:
+                    raise InputError(f"POST {current}: {status} redirect refused", url=current, status=status)
                 if status in _REDIRECTS:
                     location = response.getheader("Location")
                     if not location:
-                        raise InputError(f"GET {current}: {status} redirect without Location", url=current)
+                        raise InputError(f"{verb} {current}: {status} redirect without Location", url=current)
                     current = urljoin(current, location)
                     continue
                 if status == 304:
@@ -209,30 +236,33 @@ def fetch(
                     )
                 if status >= 500 or status in _TRANSIENT_4XX:
                     raise DiscoveryUnavailable(
-                        f"GET {current}: server answered {status} {response.reason}", url=current, status=status
+                        f"{verb} {current}: server answered {status} {response.reason}", url=current, status=status
                     )
                 if not 200 <= status < 300:
                     raise InputError(
-                        f"GET {current}: server answered {status} {response.reason}", url=current, status=status
+                        f"{verb} {current}: server answered {status} {response.reason}", url=current, status=status
                     )
                 body = _read_body(response, conn, deadline, max_bytes, current, progress)
+                kind = (response.getheader("Content-Type") or "").split(";", 1)[0].strip().lower() or None
                 return FetchResult(
-                    status, body, response.getheader("ETag"), response.getheader("Last-Modified"), current
+                    status, body, response.getheader("ETag"), response.getheader("Last-Modified"), current, kind
                 )
             except ssl.SSLCertVerificationError as exc:
                 raise InputError(
-                    f"GET {current}: TLS certificate not verified: {exc.verify_message}", url=current
+                    f"{verb} {current}: TLS certificate not verified: {exc.verify_message}", url=current
                 ) from None
             except TimeoutError:
-                raise DiscoveryUnavailable(f"GET {current}: no answer within {timeout:g} s", url=current) from None
+                raise DiscoveryUnavailable(f"{verb} {current}: no answer within {timeout:g} s", url=current) from None
             except socket.gaierror as exc:
-                raise DiscoveryUnavailable(f"GET {current}: cannot resolve host: {exc.strerror}", url=current) from None
+                raise DiscoveryUnavailable(
+                    f"{verb} {current}: cannot resolve host: {exc.strerror}", url=current
+                ) from None
             except http.client.HTTPException as exc:
                 raise DiscoveryUnavailable(
-                    f"GET {current}: bad or incomplete HTTP answer: {exc!r}", url=current
+                    f"{verb} {current}: bad or incomplete HTTP answer: {exc!r}", url=current
                 ) from None
             except OSError as exc:  # refused, reset, unreachable, TLS handshake failures
-                raise DiscoveryUnavailable(f"GET {current}: {exc.strerror or exc}", url=current) from None
+                raise DiscoveryUnavailable(f"{verb} {current}: {exc.strerror or exc}", url=current) from None
         finally:
             conn.close()
-    raise InputError(f"GET {url}: more than {MAX_REDIRECTS} redirects", url=url)
+    raise InputError(f"{verb} {url}: more than {MAX_REDIRECTS} redirects", url=url)

@@ -452,12 +452,16 @@ class SecurityAgent:
         decrypted = smime.decrypt(envelope, credentials, policy=self.policy, max_bytes=self.max_cms_bytes)
         del envelope
 
-        mime.check_structure(decrypted.content, self.limits)
-        inner = mime.parse_entity(decrypted.content, self.limits)
+        # check_structure, parse_entity and (multipart/signed) split_multipart_signed, each entity parsed once
+        inner, parts = mime._open_signed_layer(decrypted.content, self.limits)
         defects.extend(inner.defects)
         inner_kind = mime.smime_type(inner.content_type)
-        if inner.content_type.mime_type == "multipart/signed":
-            verdict = self._verify_detached(mime.split_multipart_signed(inner, self.limits), defects)
+        signed_entity: mime.Entity | None = None
+        if parts is not None:
+            verdict = self._verify_detached(parts, defects)
+            if verdict.content == parts.content:
+                signed_entity = parts.content_entity  # parse_entity(verdict.content, self.limits) already
+            del parts
         elif inner_kind == "signed-data":
             verdict = smime.verify(
                 mime.decode_body(inner), content=None, policy=self.policy, max_bytes=self.max_cms_bytes
@@ -475,7 +479,8 @@ class SecurityAgent:
         if not verdict.content or verdict.content.isspace():
             # A valid signature over nothing protects nothing: an unwrapped message would be all outer header.
             raise MessageFormatError("the signed content is empty")
-        content_entity = mime.parse_entity(verdict.content, self.limits)
+        content_entity = signed_entity or mime.parse_entity(verdict.content, self.limits)
+        del signed_entity
         defects.extend(content_entity.defects)
         unwrapped = mime.unwrap(content_entity)
         wrapped = unwrapped is not None

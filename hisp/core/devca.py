@@ -263,6 +263,7 @@ def issue_certificate(
     not_after: datetime | None = None,
     crl_url: str | None = None,
     aia_url: str | None = None,
+    ocsp_url: str | None = None,
     key_size: int = 2048,
     key_type: str = "rsa",
     signature_digest: DigestAlgorithm = DigestAlgorithm.SHA256,
@@ -286,6 +287,7 @@ def issue_certificate(
     :param not_after: end of validity; default ``at + days``.
     :param crl_url: HTTP URL of the CA's CRL (cRLDistributionPoints), or None.
     :param aia_url: HTTP URL of the CA certificate (authorityInfoAccess caIssuers), or None.
+    :param ocsp_url: HTTP URL of an OCSP responder (authorityInfoAccess id-ad-ocsp), or None.
     :param key_size: RSA modulus size in bits (1024 allowed, for AS-5 negative tests).
     :param key_type: ``"rsa"``, ``"ec-p256"`` or ``"ec-p384"``.
     :param signature_digest: digest of the CA's signature (SHA-1 allowed, for negative tests).
@@ -338,10 +340,16 @@ def issue_certificate(
     if crl_url is not None:
         point = cx509.DistributionPoint([cx509.UniformResourceIdentifier(crl_url)], None, None, None)
         builder = builder.add_extension(cx509.CRLDistributionPoints([point]), critical=False)
-    if aia_url is not None:
-        access = cx509.AccessDescription(
-            AuthorityInformationAccessOID.CA_ISSUERS, cx509.UniformResourceIdentifier(aia_url)
+    accesses = []
+    if ocsp_url is not None:
+        accesses.append(
+            cx509.AccessDescription(AuthorityInformationAccessOID.OCSP, cx509.UniformResourceIdentifier(ocsp_url))
         )
-        builder = builder.add_extension(cx509.AuthorityInformationAccess([access]), critical=False)
+    if aia_url is not None:
+        accesses.append(
+            cx509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, cx509.UniformResourceIdentifier(aia_url))
+        )
+    if accesses:
+        builder = builder.add_extension(cx509.AuthorityInformationAccess(accesses), critical=False)
     cert = _sign(builder, ca.private_key, signature_digest)
     return Issued(Credential(cert, key, (ca.certificate, *ca.credential.chain)))

@@ -20,6 +20,7 @@ oddities seen so far in ``.defects``; no other exception escapes on hostile inpu
 from __future__ import annotations
 
 import binascii
+import functools
 import io
 import itertools
 import re
@@ -167,12 +168,29 @@ class ContentType:
         """
         if not isinstance(value, str):
             return _DEFAULT_CONTENT_TYPE
+        if cls is ContentType and type(value) is str and len(value) <= _CONTENT_TYPE_CACHE_VALUE:
+            return _parse_content_type(value)
+        return cls._parse(value)
+
+    @classmethod
+    def _parse(cls, value: str) -> ContentType:
         text = re.sub(r"\r\n|\n|\r", "", value)
         head, _, rest = text.partition(";")
         match = _TYPE.fullmatch(_COMMENT.sub("", head))
         if match is None:
             return _DEFAULT_CONTENT_TYPE
         return cls(match.group(1).lower(), match.group(2).lower(), MappingProxyType(_parse_params(rest)))
+
+
+#: Content-Type values are few (a peer's envelope, ``message/rfc822``, its signature part, ...): short ones are
+#: parsed once. A ContentType is immutable (its params a read-only mapping), so one object serves every use.
+_CONTENT_TYPE_CACHE_VALUE = 512
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_content_type(value: str) -> ContentType:
+    """``ContentType._parse(value)``, remembered by the value."""
+    return ContentType._parse(value)
 
 
 _DEFAULT_CONTENT_TYPE = ContentType("text", "plain", MappingProxyType({"charset": "us-ascii"}))
@@ -429,29 +447,40 @@ def _parse_headers(
     header_block: bytes, limits: MimeLimits, defects: list[str]
 ) -> tuple[tuple[str, str], ...]:
     headers: list[tuple[str, str]] = []
-    if not header_block.isascii():
+    ascii_block = header_block.isascii()
+    if not ascii_block:
         defects.append(DEFECT_NON_ASCII_HEADER)
-    long_line = False
-    for index, raw_field in enumerate(_header_fields(header_block)):
-        lines = raw_field.splitlines()
-        if any(len(line) > _MAX_LINE for line in lines):
-            long_line = True
-        if index == 0 and raw_field[:1] in (b" ", b"\t"):
+    decode = _decode_ascii if ascii_block else _decode_header_text
+    # Fields as _header_fields groups them: a line starting with SP or HTAB continues the field before it.
+    lines = header_block.splitlines()
+    # A line over 998 octets anywhere in the block (every line belongs to one field); the defect goes last.
+    long_line = len(header_block) > _MAX_LINE and any(len(line) > _MAX_LINE for line in lines)
+    count = len(lines)
+    index = 0
+    position = 0
+    while position < count:
+        following = position + 1
+        while following < count and lines[following][:1] in (b" ", b"\t"):
+            following += 1
+        leading = index == 0 and lines[position][:1] in (b" ", b"\t")
+        unfolded = lines[position] if following == position + 1 else b"".join(lines[position:following])
+        position = following
+        index += 1
+        if leading:
             defects.append(DEFECT_LEADING_CONTINUATION)
             continue
-        unfolded = b"".join(lines)
         name_bytes, colon, value_bytes = unfolded.partition(b":")
         if not colon:
             defects.append(DEFECT_NO_COLON)
             continue
         stripped_name = name_bytes.rstrip(b" \t")
-        if stripped_name != name_bytes:
+        if len(stripped_name) != len(name_bytes):
             defects.append(DEFECT_SPACE_BEFORE_COLON)
-        name = _decode_header_text(stripped_name)
+        name = decode(stripped_name)
         if not _FIELD_NAME.fullmatch(name):
             defects.append(DEFECT_BAD_NAME)
             continue
-        headers.append((name, _decode_header_text(value_bytes).strip(" \t\r\n")))
+        headers.append((name, decode(value_bytes).strip(" \t\r\n")))
         if len(headers) > limits.max_headers:
             raise _error(
                 f"more than {limits.max_headers} header fields in one entity",
@@ -461,6 +490,10 @@ def _parse_headers(
     if long_line:
         defects.append(DEFECT_LONG_HEADER_LINE)
     return tuple(headers)
+
+
+def _decode_ascii(raw: bytes) -> str:
+    return raw.decode("ascii")
 
 
 def parse_entity(raw: bytes, limits: MimeLimits = MimeLimits()) -> Entity:
@@ -481,12 +514,21 @@ def parse_entity(raw: bytes, limits: MimeLimits = MimeLimits()) -> Entity:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise MessageFormatError(f"a MIME entity must be bytes, not {type(raw).__name__}")
     raw = bytes(raw)
-    parsed = _parse_range(raw, 0, len(raw), limits)
-    if parsed.start:
-        raw = raw[parsed.start :]
-    offset = parsed.start
+    return _entity_of(_parse_range(raw, 0, len(raw), limits))
+
+
+def _entity_of(parsed: _Parsed, whole: bytes | None = None) -> Entity:
+    """The :class:`Entity` of a parsed range: ``parse_entity(buf[start:end])`` for the range it was parsed from.
+
+    ``whole``: those bytes ``buf[start:end]`` (before any BOM was stripped), when the caller holds them already.
+    """
+    buf, start, end = parsed.buf, parsed.start, parsed.end
+    if whole is not None and len(whole) == end - start:
+        raw = whole  # no BOM was stripped: the entity is the caller's object, not another copy
+    else:
+        raw = buf if start == 0 and end == len(buf) else buf[start:end]
     return Entity._lazy(
-        raw, parsed.header_block, parsed.headers, parsed.body_start - offset, parsed.content_type, tuple(parsed.defects)
+        raw, parsed.header_block, parsed.headers, parsed.body_start - start, parsed.content_type, tuple(parsed.defects)
     )
 
 
@@ -853,17 +895,20 @@ def check_structure(raw: bytes, limits: MimeLimits = MimeLimits()) -> tuple[str,
 
 
 def _check_structure(
-    raw: bytes, limits: MimeLimits, *, need_cr: bool = False
+    raw: bytes, limits: MimeLimits, *, need_cr: bool = False, memo: dict[tuple[int, int], _Parsed] | None = None
 ) -> tuple[tuple[str, ...], tuple[bool, bool | None]]:
     """:func:`check_structure`, and whether the message holds a bare LF and (with ``need_cr``) a bare CR.
 
-    The line-ending facts let :func:`_wrap` canonicalise the same message without counting again.
+    The line-ending facts let :func:`_wrap` canonicalise the same message without counting again. ``memo``, when
+    given, receives every entity parsed from ``raw`` itself (not from a decoded body), keyed by its range.
     """
     defects: list[str] = []
     counter = [0]
     try:
         buf = _as_bytes(raw)
-        line_endings = _walk((buf, 0, len(buf), None, None), 0, limits, defects, counter, need_cr=need_cr)
+        line_endings = _walk(
+            (buf, 0, len(buf), None, None), 0, limits, defects, counter, need_cr=need_cr, memo=memo
+        )
     except MessageFormatError as exc:
         merged = tuple(defects) + tuple(d for d in exc.defects if d not in defects)
         raise MessageFormatError(exc.message, defects=merged, **exc.context) from exc
@@ -881,22 +926,33 @@ def _enter(depth: int, limits: MimeLimits, defects: list[str], counter: list[int
 
 
 def _walk(
-    span: _Range, depth: int, limits: MimeLimits, defects: list[str], counter: list[int], *, need_cr: bool = False
+    span: _Range,
+    depth: int,
+    limits: MimeLimits,
+    defects: list[str],
+    counter: list[int],
+    *,
+    need_cr: bool = False,
+    memo: dict[tuple[int, int], _Parsed] | None = None,
 ) -> tuple[bool, bool | None]:
     _enter(depth, limits, defects, counter)
     buf, start, end, bare_lf, bare_cr = span
     parsed = _parse_range(buf, start, end, limits, bare_lf=bare_lf, bare_cr=bare_cr, need_cr=need_cr)
+    if memo is not None:
+        memo[start, end] = parsed
     defects.extend(parsed.defects)
     content_type = parsed.content_type
     if content_type.maintype == "multipart":
         body = _composite_range(parsed, defects)
+        inner_memo = memo if body[0] is buf else None  # ranges of a decoded body are not ranges of the message
         structure = _split_multipart(
             body[0], content_type.params.get("boundary", ""), limits, defects, start=body[1], end=body[2]
         )
         for part_start, part_end in structure.parts:
-            _walk(_sub_range(body, part_start, part_end), depth + 1, limits, defects, counter)
+            _walk(_sub_range(body, part_start, part_end), depth + 1, limits, defects, counter, memo=inner_memo)
     elif content_type.mime_type in _MESSAGE_TYPES:
-        _walk(_composite_range(parsed, defects), depth + 1, limits, defects, counter)
+        body = _composite_range(parsed, defects)
+        _walk(body, depth + 1, limits, defects, counter, memo=memo if body[0] is buf else None)
     return parsed.bare_lf, parsed.bare_cr
 
 
@@ -1292,6 +1348,33 @@ def split_multipart_signed(entity: Entity, limits: MimeLimits = MimeLimits()) ->
 
     Spec: AS-7; RFC 1847 section 2.1; RFC 8551 section 3.5.3; RFC 2046 section 5.1.1.
     """
+    return _split_multipart_signed(entity, limits)
+
+
+def _open_signed_layer(raw: bytes, limits: MimeLimits) -> tuple[Entity, SignedParts | None]:
+    """``check_structure(raw, limits)``, then ``parse_entity(raw, limits)`` and, when it is multipart/signed,
+    ``split_multipart_signed`` of it: the same results and errors, but every entity is parsed (and its line
+    endings counted) once, by the structure check."""
+    memo: dict[tuple[int, int], _Parsed] = {}
+    _check_structure(raw, limits, need_cr=True, memo=memo)
+    top = memo[0, len(raw)]
+    entity = _entity_of(top)
+    if entity.content_type.mime_type != "multipart/signed":
+        return entity, None
+    return entity, _split_multipart_signed(entity, limits, memo, top.start)
+
+
+def _split_multipart_signed(
+    entity: Entity, limits: MimeLimits, memo: dict[tuple[int, int], _Parsed] | None = None, base: int = 0
+) -> SignedParts:
+    """:func:`split_multipart_signed`; ``memo`` holds parsed ranges of a buffer in which ``entity.raw`` starts at
+    ``base`` (see :func:`_open_signed_layer`), to be used instead of parsing those ranges again."""
+
+    def part(start: int, end: int) -> tuple[bytes, Entity, _Parsed | None]:
+        whole = body[start:end]
+        known = memo.get((base + start, base + end)) if memo is not None else None
+        return whole, (parse_entity(whole, limits) if known is None else _entity_of(known, whole)), known
+
     defects = list(entity.defects)
     content_type = entity.content_type
     if content_type.mime_type != "multipart/signed":
@@ -1313,8 +1396,7 @@ def split_multipart_signed(entity: Entity, limits: MimeLimits = MimeLimits()) ->
             parts=len(structure.parts),
         )
     (content_start, content_end), (signature_start, signature_end) = structure.parts
-    content = body[content_start:content_end]
-    signature_entity = parse_entity(body[signature_start:signature_end], limits)
+    _, signature_entity, _ = part(signature_start, signature_end)
     signature_type = signature_entity.content_type.mime_type
     if signature_type not in _PKCS7_SIGNATURE:
         raise _error(
@@ -1326,13 +1408,16 @@ def split_multipart_signed(entity: Entity, limits: MimeLimits = MimeLimits()) ->
         signature = decode_body(signature_entity)
     except MessageFormatError as exc:
         raise _error(f"signature part: {exc.message}", defects) from exc
+    content, content_entity, known = part(content_start, content_end)
+    # Known to hold neither a bare LF nor a bare CR (a leading BOM holds neither): _to_crlf would return it as is.
+    plain_crlf = known is not None and known.bare_lf is False and known.bare_cr is False
     return SignedParts(
         content=content,
         signature=signature,
         micalg=content_type.params.get("micalg"),
         protocol=content_type.params.get("protocol"),
-        content_entity=parse_entity(content, limits),
-        content_crlf=_to_crlf(content),
+        content_entity=content_entity,
+        content_crlf=content if plain_crlf else _to_crlf(content),
     )
 
 

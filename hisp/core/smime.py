@@ -1432,11 +1432,20 @@ def _parse_envelope(content_type: str, body: Any, ciphertext: memoryview | None)
 def _oaep_padding(parameters: Any, policy_name: str) -> tuple[padding.OAEP, str]:
     """OAEP padding from RSAES-OAEP-params (absent or empty: SHA-1 defaults, RFC 8017 appendix A.2.1)."""
     if isinstance(parameters, asn1_core.Void) or parameters is None:
-        parsed = asn1_algos.RSAESOAEPParams({})
-    elif isinstance(parameters, asn1_algos.RSAESOAEPParams):
-        parsed = parameters
-    else:
-        parsed = asn1_algos.RSAESOAEPParams.load(bytes(parameters.dump()))
+        return _oaep_padding_of(b"", policy_name)
+    # Every message of a peer carries the same parameters: remembered by their DER (no element encodes to b"").
+    if isinstance(parameters, asn1_algos.RSAESOAEPParams):
+        # The received contents under a definite length: the same children, and the parsed value is left as it is
+        # (dump() would re-encode an indefinite-length one, parsing its every child).
+        contents = bytes(parameters.contents)
+        return _oaep_padding_of(_der_header(0x30, len(contents)) + contents, policy_name)
+    return _oaep_padding_of(bytes(parameters.dump()), policy_name)
+
+
+@functools.lru_cache(maxsize=64)
+def _oaep_padding_of(der: bytes, policy_name: str) -> tuple[padding.OAEP, str]:
+    """:func:`_oaep_padding` of the parameters encoded as ``der`` (``b""``: absent). Failures are not cached."""
+    parsed = asn1_algos.RSAESOAEPParams.load(der) if der else asn1_algos.RSAESOAEPParams({})
     hash_oid = parsed["hash_algorithm"]["algorithm"].dotted
     mgf = parsed["mask_gen_algorithm"]
     if mgf["algorithm"].dotted != _OID_MGF1:

@@ -1,4 +1,4 @@
-"""A real HTTP server on loopback whose answers each test sets: trust bundles now, CRLs, OCSP and AIA later.
+"""A real HTTP server on loopback whose answers each test sets: trust bundles, CRLs, OCSP (POST) and AIA.
 
 :func:`serve_http` starts a :class:`http.server.ThreadingHTTPServer` on ``127.0.0.1``, port 0 (the kernel
 picks a free one), in a daemon thread, and always shuts it down when the ``with`` block ends, even while
@@ -52,13 +52,16 @@ class Route:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request the server received: its path and headers (names as sent).
+    """One request the server received: its path and headers (names as sent), method and body.
 
-    Spec: RFC 9110 section 9.3.1 (GET); RFC 7232 section 3 (the conditional headers tests look for).
+    Spec: RFC 9110 sections 9.3.1 and 9.3.3 (GET, POST); RFC 7232 section 3 (the conditional headers tests
+    look for); RFC 6960 appendix A.1 (OCSP over POST).
     """
 
     path: str
     headers: Mapping[str, str]
+    method: str = "GET"
+    body: bytes = b""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -66,8 +69,19 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
+        self._answer("GET", b"")
+
+    def do_POST(self) -> None:
+        # a POST (an OCSP request) answers like a GET of its path; the body is only recorded
+        try:
+            length = min(int(self.headers.get("Content-Length", "0")), 1 << 20)
+        except ValueError:
+            length = 0
+        self._answer("POST", self.rfile.read(length) if length > 0 else b"")
+
+    def _answer(self, method: str, body: bytes) -> None:
         owner = self.server.owner
-        owner._record(RecordedRequest(self.path, dict(self.headers.items())))
+        owner._record(RecordedRequest(self.path, dict(self.headers.items()), method, body))
         route = owner.route_for(self.path)
         if route.hang:
             owner._stopping.wait()

@@ -1,0 +1,172 @@
+"""``hisp discover ADDRESS``: find and judge a Direct recipient's certificates, and say why.
+
+Exit status: 0 when at least one usable certificate was found, 1 when the recipient is undeliverable or a
+server did not answer (the reason on stderr), 2 on usage errors (click's convention).
+
+Spec: CD-1 .. CD-10; issue 4 ("The command").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import click
+
+from hisp.adapters import http
+from hisp.adapters.discovery import CertificateDiscovery
+from hisp.adapters.dns import DnsClient, parse_server
+from hisp.addresses import DirectAddress
+from hisp.core.agent import RecipientTrust, StaticAnchors
+from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, parse_bundle
+from hisp.core.certs import Certificate, load_certificates
+from hisp.core.policy import PRESETS, SecurityPolicy, policy_from_name
+from hisp.core.trust import PathVerdict
+from hisp.errors import AddressError, CertificateError, ConfigError, HispError, TrustError
+
+__all__ = ["discover"]
+
+_MAX_ANCHOR_FILE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _NoAnchors:
+    """The trust seam when no anchor was given: every certificate is reported untrusted (still listed)."""
+
+    def validate_recipient(
+        self,
+        certificate: Certificate,
+        *,
+        recipient: DirectAddress,
+        intermediates: Sequence[Certificate],
+        at: datetime,
+        policy: SecurityPolicy,
+    ) -> PathVerdict:
+        raise TrustError(
+            f"untrusted: no trust anchors given (--anchor, --bundle): {certificate.describe()}", reason="untrusted"
+        )
+
+
+def _parse_at(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--at") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _server(value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    try:
+        host, port = parse_server(value)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--dns-server") from None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot resolve {host!r}: {exc}", param_hint="--dns-server") from None
+        host = str(infos[0][4][0])
+    return host, port
+
+
+def _anchors(paths: Sequence[str]) -> list[Certificate]:
+    out: list[Certificate] = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            data = handle.read(_MAX_ANCHOR_FILE + 1)
+        if not data or len(data) > _MAX_ANCHOR_FILE:
+            raise ConfigError(f"--anchor {path}: empty or larger than {_MAX_ANCHOR_FILE} bytes")
+        try:
+            out.extend(load_certificates(data))
+        except CertificateError as exc:
+            raise CertificateError(f"--anchor {path}: {exc.message}") from None
+    return out
+
+
+def _bundles(sources: Sequence[str], at: datetime, policy: SecurityPolicy, timeout: float) -> list[Certificate]:
+    out: list[Certificate] = []
+    for source in sources:
+        if "://" in source:
+            if not source.lower().startswith(("http://", "https://")):
+                raise click.BadParameter(f"only http(s) URLs can be fetched, not {source!r}", param_hint="--bundle")
+            body = http.fetch(source, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES).body or b""
+        else:
+            with open(source, "rb") as handle:
+                body = handle.read(DEFAULT_MAX_BUNDLE_BYTES + 1)
+        out.extend(parse_bundle(body, source=source, at=at, policy=policy).anchors)
+    return out
+
+
+@click.command("discover")
+@click.argument("address")
+@click.option("--dns-server", "dns_server", metavar="HOST[:PORT]", default=None,
+              help="Ask this DNS server for CERT, SRV and A records (default: the system resolver).")
+@click.option("--anchor", "anchor_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Trust anchor certificate file (PEM or DER; repeat for each).")
+@click.option("--bundle", "bundle_sources", multiple=True, metavar="FILE_OR_URL",
+              help="Trust bundle (PKCS#7) file or http(s) URL whose anchors are trusted (repeat for each).")
+@click.option("--policy", "policy_name", type=click.Choice(sorted(PRESETS)), default="direct-1.3",
+              show_default=True, help="Security policy for path validation.")
+@click.option("--at", "at_text", default=None, help="ISO 8601 time to validate at (default now; no zone = UTC).")
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds per DNS query, LDAP operation and HTTP fetch.")
+@click.option("--require-dnssec", is_flag=True, help="Refuse DNS answers without the AD bit (validating resolver).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--pem", "as_pem", is_flag=True, help="Print only the chosen certificates, PEM.")
+def discover(
+    address: str,
+    dns_server: str | None,
+    anchor_paths: Sequence[str],
+    bundle_sources: Sequence[str],
+    policy_name: str,
+    at_text: str | None,
+    timeout: float,
+    require_dnssec: bool,
+    as_json: bool,
+    as_pem: bool,
+) -> None:
+    """Discover ADDRESS's certificates (DNS CERT, then LDAP via SRV) and judge them against the anchors."""
+    if as_json and as_pem:
+        raise click.UsageError("--json and --pem cannot be combined")
+    try:
+        recipient = DirectAddress.parse(address)
+    except AddressError as exc:
+        raise click.BadParameter(exc.message, param_hint="ADDRESS") from None
+    at = _parse_at(at_text)
+    server = _server(dns_server)
+    policy = policy_from_name(policy_name)
+    try:
+        anchors = _anchors(anchor_paths) + _bundles(bundle_sources, at, policy, timeout)
+        dns = DnsClient(server, timeout=min(timeout, 2.0), lifetime=timeout, require_dnssec=require_dnssec)
+        trust: RecipientTrust = StaticAnchors(tuple(anchors)) if anchors else _NoAnchors()
+        discovery = CertificateDiscovery(dns=dns, trust=trust, policy=policy, budget=max(30.0, 6 * timeout),
+                                         fetch_timeout=timeout)
+        result = asyncio.run(discovery.lookup(recipient, at=at))
+    except HispError as exc:
+        click.echo(f"hisp: {exc.message}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"hisp: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        sys.exit(1)
+    if as_pem:
+        for cert in result.chosen:
+            click.echo(cert.to_pem().decode("ascii"), nl=False)
+    elif as_json:
+        click.echo(result.to_json())
+    else:
+        click.echo(result.explain())
+    if not result.usable:
+        kind = "temporarily unavailable" if result.outcome.value == "unavailable" else "undeliverable"
+        click.echo(f"hisp: {recipient}: {kind}: {result.reason}", err=True)
+        sys.exit(1)
