@@ -30,3 +30,31 @@ def fixture_bytes(relpath: str) -> bytes:
 def at() -> datetime:
     """The pinned validation time :data:`AT`."""
     return AT
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loopback_only() -> object:
+    """Tests talk to servers on loopback only: refuse, in this process, to resolve any other host name.
+
+    Fixture certificates carry real CRL and AIA URLs (ca.directca.org, ...); a test that forgot
+    ``revocation=off`` must fail here, not send a query off the machine.
+    """
+    import ipaddress
+    import socket
+
+    real = socket.getaddrinfo
+
+    def guarded(host: object, *args: object, **kwargs: object) -> object:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in (None, "localhost", "localhost.localdomain"):
+            try:
+                loopback = ipaddress.ip_address(str(name).strip("[]")).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise socket.gaierror(socket.EAI_NONAME, f"test guard: only loopback hosts, not {name!r}")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "getaddrinfo", guarded)
+        yield None

@@ -6,7 +6,7 @@
   ``slapd`` and returns its :class:`~hisp.testing.slapd.SlapdServer`.
 
 Every server a test started is stopped (and its directory removed) when the test ends, pass or fail. Tests
-are skipped, not failed, when the program is not installed (``.ci/run`` installs it).
+fail, never skip, when the program is not installed (``.ci/run`` installs it): a skipped server test proves nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["bind_factory", "slapd_factory"]
 def bind_factory() -> Iterator[BindFactory]:
     """Start BIND servers on demand; all are stopped after the test. Skips when ``named`` is missing."""
     if shutil.which("named") is None:
-        pytest.skip("BIND named is not installed (Debian package bind9)")
+        pytest.fail("BIND named is not installed: apt-get install bind9 bind9-dnsutils (.ci/run does)")
     factory = BindFactory()
     try:
         yield factory
@@ -38,7 +38,7 @@ def bind_factory() -> Iterator[BindFactory]:
 def slapd_factory() -> Iterator[SlapdFactory]:
     """Start OpenLDAP servers on demand; all are stopped after the test. Skips when ``slapd`` is missing."""
     if shutil.which("slapd") is None:
-        pytest.skip("OpenLDAP slapd is not installed (Debian package slapd)")
+        pytest.fail("OpenLDAP slapd is not installed: apt-get install slapd ldap-utils (.ci/run does)")
     factory = SlapdFactory()
     try:
         yield factory

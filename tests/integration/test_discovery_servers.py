@@ -44,7 +44,7 @@ D1 = f"domain1.{ZONE}"  # DNS cases
 D2 = f"domain2.{ZONE}"  # LDAP cases
 D3 = f"domain3.{ZONE}"  # dead SRV target first
 D4 = f"domain4.{ZONE}"  # SRV loop / absurd targets
-D5 = f"domain5.{ZONE}"  # black-hole DNS? no: LDAP target that accepts and never answers
+D5 = f"domain5.{ZONE}"  # an LDAP target that accepts and never answers
 D6 = f"domain6.{ZONE}"  # nothing at all
 
 
@@ -269,15 +269,15 @@ def test_d11_nothing_published(world: World) -> None:
 
 
 def test_ldap_target_that_never_answers_is_bounded(world: World) -> None:
+    """A server that accepts the connection and never answers the bind: the receive timeout ends it."""
     with black_hole(udp=False) as hole:
-        world.named.reload({ZONE: world.named.zones[ZONE] + f"_ldap._tcp.domain5 IN SRV 0 0 {hole.port} ldap.{ZONE}.\n"})
-        try:
-            start = time.monotonic()
-            result = lookup(world, f"d@{D5}")
-            assert time.monotonic() - start < 8
-        finally:
-            pass
+        srv = f"_ldap._tcp.domain5 IN SRV 0 0 {hole.port} ldap.{ZONE}.\n"
+        world.named.reload({ZONE: world.named.zones[ZONE] + srv})
+        start = time.monotonic()
+        result = lookup(world, f"d@{D5}")
+        assert time.monotonic() - start < 8
     assert result.outcome is Outcome.UNAVAILABLE
+    assert any("bind" in e for e in result.tier(Tier.LDAP_ADDRESS).errors)  # type: ignore[union-attr]
 
 
 def test_dns_server_that_never_answers_is_transient() -> None:

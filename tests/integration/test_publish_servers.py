@@ -149,7 +149,9 @@ def test_zone_file_loaded_by_named_answers_the_same(responder: RunningResponder,
     [("H1", "d1", CertBinding.ADDRESS), ("H2", "d3", CertBinding.DOMAIN)],
     ids=["H1-address-bound-DNS", "H2-domain-bound-DNS"],
 )
-def test_hosting_dns(responder: RunningResponder, hosted: HostedDomain, case: str, local: str, binding: CertBinding) -> None:
+def test_hosting_dns(
+    responder: RunningResponder, hosted: HostedDomain, case: str, local: str, binding: CertBinding
+) -> None:
     address = DirectAddress.parse(hosted.address(local))
     # DCDT's order: CERT at the address's owner name, then at the domain (conformance.md 1.3)
     found = _cert_answer(responder.host, responder.port, address.dns_name())
