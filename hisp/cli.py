@@ -675,15 +675,29 @@ def cert() -> None:
     """Certificates: explained trust decisions."""
 
 
-def _cli_bundle_anchors(source: str, timeout: float, at: datetime, policy_name: str) -> list[Certificate]:
-    """The anchors of a bundle file or URL (signed bundles accepted unverified: no signer is configured)."""
+def _cli_bundle_anchors(
+    source: str, timeout: float, at: datetime, policy_name: str, signers: Sequence[Certificate] = ()
+) -> list[Certificate]:
+    """The anchors of a bundle file or URL.
+
+    With ``signers`` the bundle must be signed by one of them (an unsigned bundle, a bad signature or
+    another signer is refused); without, a signed bundle's anchors are used unverified.
+    """
     if _is_url(source):
         result = http.fetch(source, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES)
         assert result.body is not None  # no validators sent: never a 304
         data = result.body
     else:
         data = _read_bundle_file(source, DEFAULT_MAX_BUNDLE_BYTES)
-    return list(parse_bundle(data, source=source, at=at, policy=policy_from_name(policy_name)).anchors)
+    bundle = parse_bundle(
+        data,
+        source=source,
+        signing_certificates=signers,
+        require_signature=bool(signers),
+        at=at,
+        policy=policy_from_name(policy_name),
+    )
+    return list(bundle.anchors)
 
 
 @cert.command("validate")
@@ -696,6 +710,14 @@ def _cli_bundle_anchors(source: str, timeout: float, at: datetime, policy_name: 
     help="Trust anchor file, PEM or DER (repeat for each).",
 )
 @click.option("--bundle", "bundle_sources", multiple=True, metavar="FILE_OR_URL", help="Trust bundle (repeat).")
+@click.option(
+    "--bundle-signer",
+    "bundle_signer_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Bundle signing certificate (repeat for each); every --bundle must then be signed by one of them "
+    "(without it, signed bundles are used unverified).",
+)
 @click.option("--address", default=None, help="Direct address the certificate must be bound to (AS-2, AS-3).")
 @click.option(
     "--direction",
@@ -727,6 +749,7 @@ def cert_validate(
     cert_path: str,
     anchor_paths: Sequence[str],
     bundle_sources: Sequence[str],
+    bundle_signer_paths: Sequence[str],
     address: str | None,
     direction: str,
     policy_name: str,
@@ -739,22 +762,26 @@ def cert_validate(
     """Decide whether CERT is trusted by the given anchors and bundles; exit 0 if trusted, 1 if not.
 
     Further certificates in CERT after the first serve as intermediates. Missing intermediates are fetched
-    through AIA caIssuers; CRLs and OCSP are consulted unless --revocation off.
+    through AIA caIssuers; CRLs and OCSP are consulted unless --revocation off. With --bundle-signer, a
+    bundle that is unsigned or not signed by one of those certificates is refused (exit 1).
     """
     if not anchor_paths and not bundle_sources:
         raise click.UsageError("give at least one --anchor or --bundle")
+    if bundle_signer_paths and not bundle_sources:
+        raise click.UsageError("--bundle-signer needs a --bundle")
     at = _parse_time(at_text)
     try:
         bound = DirectAddress.parse(address) if address is not None else None
     except AddressError as exc:
         raise click.BadParameter(exc.message, param_hint="--address") from None
     leaf, *intermediates = _certificates_from(cert_path, "CERT")
+    bundle_signers = [c for path in bundle_signer_paths for c in _certificates_from(path, "--bundle-signer")]
     anchors = [
         TrustAnchor(c, path) for path in anchor_paths for c in _certificates_from(path, "--anchor")
     ] + [
         TrustAnchor(c, f"bundle {source}")
         for source in bundle_sources
-        for c in _cli_bundle_anchors(source, timeout, at, policy_name)
+        for c in _cli_bundle_anchors(source, timeout, at, policy_name, bundle_signers)
     ]
     way = Direction(direction)
     store = TrustStore(

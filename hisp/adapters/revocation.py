@@ -26,11 +26,13 @@ usable. ``clock`` (default: the system clock, aware UTC) decides cache freshness
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -49,10 +51,11 @@ from pyhanko_certvalidator.fetchers.common_utils import (
     process_ocsp_response_data,
     unpack_cert_content,
 )
+from pyhanko_certvalidator.revinfo.archival import FRESHNESS_FALLBACK_VALIDITY_DEFAULT
 from pyhanko_certvalidator.util import get_ocsp_urls, get_relevant_crl_dps, issuer_serial
 
 from hisp.adapters import http
-from hisp.core.trust import FetchRecord
+from hisp.core.trust import FetchRecord, RevocationEvidence
 from hisp.errors import ConfigError, HispError
 
 __all__ = [
@@ -71,15 +74,89 @@ _V = TypeVar("_V")
 _FETCH_ERRORS = (HispError, ValueError, TypeError, LookupError, OverflowError)
 
 
+class _Remembered(HispError):
+    """A failure answered from the failure cache (no request made)."""
+
+
+def _datetimes(value: Any) -> Iterable[datetime]:
+    """Every datetime in asn1crypto native values (nested dicts, lists, tuples)."""
+    if isinstance(value, datetime):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _datetimes(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _datetimes(item)
+
+
+@dataclass(frozen=True)
+class _CRLEntry:
+    """A cached CRL, its nextUpdate, and the dates validation may compare its time with.
+
+    :ivar times: thisUpdate, nextUpdate (or thisUpdate plus certvalidator's fallback when absent) and
+        any other date of the CRL outside its entries.
+    :ivar revocations: per revoked serial number, the dates of its entries (revocationDate, invalidityDate).
+    """
+
+    crl: asn1_crl.CertificateList
+    until: datetime | None
+    times: tuple[datetime, ...]
+    revocations: dict[int, tuple[datetime, ...]] = field(repr=False)
+
+    @classmethod
+    def of(cls, crl: asn1_crl.CertificateList) -> _CRLEntry:
+        tbs = crl["tbs_cert_list"]
+        revoked = tbs["revoked_certificates"].native or []
+        by_serial: dict[int, list[datetime]] = {}
+        for item in revoked:
+            by_serial.setdefault(item["user_certificate"], []).extend(_datetimes(item))
+        native = {k: tbs[k].native for k in ("this_update", "next_update", "crl_extensions")}
+        times = list(_datetimes(native))
+        this_update, next_update = native["this_update"], native["next_update"]
+        if isinstance(this_update, datetime) and next_update is None:
+            times.append(this_update + FRESHNESS_FALLBACK_VALIDITY_DEFAULT)
+        until = next_update if isinstance(next_update, datetime) else None
+        return cls(crl, until, tuple(times), {k: tuple(v) for k, v in by_serial.items()})
+
+    def times_for(self, serial: int) -> tuple[datetime, ...]:
+        """The CRL's dates and those of the entries for ``serial``."""
+        return self.times + self.revocations.get(serial, ())
+
+
+def _ocsp_times(response: asn1_ocsp.OCSPResponse) -> tuple[datetime, ...]:
+    """Every date of an OCSP response validation may compare its time with (RFC 6960 section 4.2.1):
+    producedAt, thisUpdate, nextUpdate (or certvalidator's fallback), revocationTime, and the validity of
+    the certificates it carries (a delegated responder's)."""
+    basic = response["response_bytes"]["response"].parsed
+    times = list(_datetimes(basic["tbs_response_data"].native))
+    for single in basic["tbs_response_data"]["responses"]:
+        if not single["next_update"]:
+            times.append(single["this_update"].native + FRESHNESS_FALLBACK_VALIDITY_DEFAULT)
+    for cert in basic["certs"] or ():
+        times.extend(_datetimes(cert["tbs_certificate"]["validity"].native))
+    return tuple(times)
+
+
 class _Cache(Generic[_K, _V]):
-    """A small, thread-safe LRU map whose entries expire (by the caller's notion of now)."""
+    """A small, thread-safe LRU map whose entries expire (by the caller's notion of now).
+
+    Every entry put gets a new version number (never reused by this cache), so that a verdict that relied
+    on an entry can later ask whether that very entry is still there (:meth:`version`).
+    """
 
     def __init__(self, size: int) -> None:
-        self._items: OrderedDict[_K, tuple[_V, float]] = OrderedDict()
+        self._items: OrderedDict[_K, tuple[_V, float, int]] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
+        self._versions = itertools.count(1)
 
     def get(self, key: _K, now: float) -> _V | None:
+        found = self.get_versioned(key, now)
+        return None if found is None else found[0]
+
+    def get_versioned(self, key: _K, now: float) -> tuple[_V, int] | None:
+        """The live value of ``key`` and its version, or None (an expired entry is dropped)."""
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -88,14 +165,23 @@ class _Cache(Generic[_K, _V]):
                 del self._items[key]
                 return None
             self._items.move_to_end(key)
-            return item[0]
+            return item[0], item[2]
 
-    def put(self, key: _K, value: _V, until: float) -> None:
+    def peek(self, key: _K, now: float) -> tuple[_V, int] | None:
+        """The live value of ``key`` and its version, or None; without LRU or expiry side effects."""
         with self._lock:
-            self._items[key] = (value, until)
+            item = self._items.get(key)
+            return None if item is None or now >= item[1] else (item[0], item[2])
+
+    def put(self, key: _K, value: _V, until: float) -> int:
+        """Store ``value`` until the caller's ``until``; returns the entry's new version."""
+        with self._lock:
+            version = next(self._versions)
+            self._items[key] = (value, until, version)
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
+            return version
 
     def drop(self, key: _K) -> None:
         with self._lock:
@@ -153,6 +239,10 @@ class RevocationSession:
         self._budget = _Budget(backend.limits, time.monotonic() + backend.total_timeout)
         self._records: list[FetchRecord] = []
         self._lock = threading.Lock()
+        # what a verdict reached with this session relied on (see evidence())
+        self._dependencies: list[tuple[str, Any, int]] = []
+        self._times: list[datetime] = []
+        self._reusable = True
         self._fetchers = Fetchers(
             ocsp_fetcher=_OCSPFetcher(self), crl_fetcher=_CRLFetcher(self), cert_fetcher=_CertificateFetcher(self)
         )
@@ -170,16 +260,51 @@ class RevocationSession:
         with self._lock:
             return tuple(self._records)
 
-    def _record(self, kind: str, url: str, ok: bool, detail: str) -> None:
+    def evidence(self) -> RevocationEvidence | None:
+        """What the validation relied on, for the verdict cache of :func:`hisp.core.trust.validate`.
+
+        The dependencies are the backend's cache entries read or written (CRLs, OCSP responses, AIA
+        certificates, remembered failures), each with its version; the times are every date in those
+        answers that validation may compare with its time (thisUpdate, nextUpdate, revocation dates of the
+        certificates asked about, validity of fetched certificates).
+
+        :returns: the evidence, or None when the verdict must not be reused: an answer was used that the
+            backend did not keep (a CRL already past its nextUpdate, ``failure_ttl`` 0), or a failure
+            happened afresh (its text differs from the remembered failure a later validation would see).
+
+        Spec: AS-20 (revocation caching until nextUpdate).
+        """
+        with self._lock:
+            if not self._reusable:
+                return None
+            return RevocationEvidence(
+                self._backend.cache_id,
+                tuple(self._dependencies),
+                tuple(self._times),
+                self._backend._monotonic(),
+            )
+
+    def _depend(self, cache: str, key: Any, version: int | None, times: Iterable[datetime] = ()) -> None:
+        """Note that an answer of the backend's ``cache`` entry ``key`` (None: not kept) was used."""
+        with self._lock:
+            if version is None:
+                self._reusable = False
+            else:
+                self._dependencies.append((cache, key, version))
+            self._times.extend(times)
+
+    def _record(self, kind: str, url: str, ok: bool, detail: str, *, reusable: bool = True) -> None:
         with self._lock:
             self._records.append(FetchRecord(kind, url, ok, detail))
+            self._reusable = self._reusable and reusable
 
     def _get(self, kind: str, url: str, max_bytes: int, accept: str, data: bytes | None = None) -> http.FetchResult:
         """One bounded request; failures (and their cached memory) raise HispError."""
         backend = self._backend
-        failure = backend._failures.get((kind, url), time.monotonic())
+        failure = backend._failures.get_versioned((kind, url), backend._monotonic())
         if failure is not None:
-            raise HispError(f"{failure} (remembered for {backend.failure_ttl:g} s)")
+            self._depend("failure", (kind, url), failure[1])
+            raise _Remembered(f"{failure[0]} (remembered for {backend.failure_ttl:g} s)")
         left = self._budget.charge(kind)
         try:
             result = backend._request(
@@ -193,7 +318,8 @@ class RevocationSession:
             if result.body is None:
                 raise HispError(f"{url}: empty answer ({result.status})")
         except HispError as exc:
-            backend._failures.put((kind, url), exc.message, time.monotonic() + backend.failure_ttl)
+            if backend.failure_ttl > 0:
+                backend._failures.put((kind, url), exc.message, backend._monotonic() + backend.failure_ttl)
             raise
         return result
 
@@ -203,12 +329,13 @@ class _CRLFetcher(CRLFetcher):
         self._session = session
         self._by_cert: dict[Any, list[asn1_crl.CertificateList]] = {}
 
-    def _one(self, url: str) -> asn1_crl.CertificateList:
+    def _one(self, url: str, serial: int) -> asn1_crl.CertificateList:
         session, backend = self._session, self._session._backend
-        cached = backend._crls.get(url, time.monotonic())
-        if cached is not None and (cached[1] is None or backend.clock() < cached[1]):
+        cached = backend._crls.get_versioned(url, backend._monotonic())
+        if cached is not None and (cached[0].until is None or backend.clock() < cached[0].until):
+            session._depend("crl", url, cached[1], cached[0].times_for(serial))
             session._record("crl", url, True, "cached")
-            return cached[0]
+            return cached[0].crl
         try:
             result = session._get("crl", url, backend.max_crl_bytes, "application/pkix-crl")
             assert result.body is not None
@@ -217,15 +344,15 @@ class _CRLFetcher(CRLFetcher):
                 _, _, data = asn1_pem.unarmor(data)
             crl = asn1_crl.CertificateList.load(data)
             next_update = crl["tbs_cert_list"]["next_update"].native
-            _ = crl["tbs_cert_list"]["revoked_certificates"].native  # parse fully now: fail here, not later
+            entry = _CRLEntry.of(crl)  # parses the entries fully now: fail here, not later
         except _FETCH_ERRORS as exc:
             detail = exc.message if isinstance(exc, HispError) else f"not a CRL: {exc}"
-            session._record("crl", url, False, detail)
+            session._record("crl", url, False, detail, reusable=isinstance(exc, _Remembered))
             raise CRLFetchError(f"CRL {url}: {detail}") from None
         until = next_update if isinstance(next_update, datetime) else None
         ttl = backend.default_ttl if until is None else max(0.0, (until - backend.clock()).total_seconds())
-        if ttl > 0:
-            backend._crls.put(url, (crl, until), time.monotonic() + ttl)
+        version = backend._crls.put(url, entry, backend._monotonic() + ttl) if ttl > 0 else None
+        session._depend("crl", url, version, entry.times_for(serial))
         session._record("crl", url, True, "fetched")
         return crl
 
@@ -240,9 +367,10 @@ class _CRLFetcher(CRLFetcher):
         ]
         found: list[asn1_crl.CertificateList] = []
         last: CRLFetchError | None = None
+        serial = cert.serial_number
         for url in self._session._budget.cap(urls):
             try:
-                found.append(self._one(url))
+                found.append(self._one(url, serial))
             except CRLFetchError as exc:
                 last = exc
         if not found and last is not None:
@@ -270,11 +398,13 @@ class _OCSPFetcher(OCSPFetcher):
         urls = session._budget.cap(get_ocsp_urls(cert))
         if not urls:
             raise OCSPFetchError("no OCSP responder URL")
-        cached = backend._ocsp.get(key, time.monotonic())
+        cached = backend._ocsp.get_versioned(key, backend._monotonic())
         if cached is not None:
-            session._record("ocsp", cached[1], True, "cached")
-            self._responses[key] = cached[0]
-            return cached[0]
+            (response, answered_by, times), version = cached
+            session._depend("ocsp", key, version, times)
+            session._record("ocsp", answered_by, True, "cached")
+            self._responses[key] = response
+            return response
         request = format_ocsp_request(cert, authority, certid_hash_algo="sha1", request_nonces=False)
         last = "no answer"
         for url in urls:
@@ -283,17 +413,18 @@ class _OCSPFetcher(OCSPFetcher):
                 assert result.body is not None
                 response = process_ocsp_response_data(result.body, ocsp_request=request, ocsp_url=url)
                 next_update = _ocsp_next_update(response)
+                times = _ocsp_times(response)
             except (*_FETCH_ERRORS, OCSPFetchError) as exc:
                 last = exc.message if isinstance(exc, HispError) else f"unusable OCSP answer: {exc}"
-                session._record("ocsp", url, False, last)
+                session._record("ocsp", url, False, last, reusable=isinstance(exc, _Remembered))
                 continue
             except Exception as exc:  # certvalidator's OCSPValidationError: an error status from the responder
                 last = f"OCSP responder error: {exc}"
-                session._record("ocsp", url, False, last)
+                session._record("ocsp", url, False, last, reusable=False)
                 continue
             ttl = backend.default_ttl if next_update is None else (next_update - backend.clock()).total_seconds()
-            if ttl > 0:
-                backend._ocsp.put(key, (response, url), time.monotonic() + ttl)
+            kept = backend._ocsp.put(key, (response, url, times), backend._monotonic() + ttl) if ttl > 0 else None
+            session._depend("ocsp", key, kept, times)
             session._record("ocsp", url, True, "fetched")
             self._responses[key] = response
             return response
@@ -323,21 +454,25 @@ class _CertificateFetcher(CertificateFetcher):
 
     def _certs(self, url: str) -> list[asn1_x509.Certificate]:
         session, backend = self._session, self._session._backend
-        cached = backend._certificates.get(url, time.monotonic())
+        cached = backend._certificates.get_versioned(url, backend._monotonic())
         if cached is not None:
+            (certs, times), version = cached
+            session._depend("certificate", url, version, times)
             session._record("certificate", url, True, "cached")
-            return cached
+            return certs
         try:
             result = session._get("certificate", url, backend.max_certificate_bytes, "application/pkix-cert")
             assert result.body is not None
             certs = list(unpack_cert_content(result.body, result.content_type, url, True))
             for cert in certs:
                 _ = cert.dump(), cert.subject.sha256, cert.public_key.dump()  # parse now, fail here
+            times = tuple(_datetimes([cert["tbs_certificate"]["validity"].native for cert in certs]))
         except _FETCH_ERRORS as exc:
             detail = exc.message if isinstance(exc, HispError) else f"not a certificate: {exc}"
-            session._record("certificate", url, False, detail)
+            session._record("certificate", url, False, detail, reusable=isinstance(exc, _Remembered))
             raise CertificateFetchError(f"AIA {url}: {detail}") from None
-        backend._certificates.put(url, certs, time.monotonic() + backend.certificate_ttl)
+        version = backend._certificates.put(url, (certs, times), backend._monotonic() + backend.certificate_ttl)
+        session._depend("certificate", url, version, times)
         session._record("certificate", url, True, "fetched")
         return certs
 
@@ -381,6 +516,8 @@ class BoundedFetcherBackend(FetcherBackend):
     :param clock: the current time, aware UTC (decides whether a cached CRL or OCSP answer is past its
         nextUpdate).
     :param request: the request function (default :func:`hisp.adapters.http.fetch`, same signature).
+    :param monotonic: seconds of a monotonic clock for cache lifetimes (default :func:`time.monotonic`;
+        the per-validation time budget always uses the real one).
     :raises ConfigError: a time, size or count is not positive (``failure_ttl`` may be 0).
 
     Spec: AS-20 (CRL and OCSP with connect and read timeouts, caching until nextUpdate; AIA bounded in
@@ -402,6 +539,7 @@ class BoundedFetcherBackend(FetcherBackend):
         failure_ttl: float = 60.0,
         clock: Callable[[], datetime] = _system_clock,
         request: Callable[..., http.FetchResult] = http.fetch,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         positive = (timeout, total_timeout, max_crl_bytes, max_ocsp_bytes, max_certificate_bytes, cache_size)
         if min(positive) <= 0 or default_ttl <= 0 or certificate_ttl <= 0 or failure_ttl < 0:
@@ -417,9 +555,14 @@ class BoundedFetcherBackend(FetcherBackend):
         self.failure_ttl = failure_ttl
         self.clock = clock
         self._request = request
-        self._crls: _Cache[str, tuple[asn1_crl.CertificateList, datetime | None]] = _Cache(cache_size)
-        self._ocsp: _Cache[Any, tuple[asn1_ocsp.OCSPResponse, str]] = _Cache(cache_size)
-        self._certificates: _Cache[str, list[asn1_x509.Certificate]] = _Cache(cache_size)
+        self._monotonic = monotonic
+        #: identifies this backend's caches in verdict cache keys (random: never an object's identity)
+        self.cache_id = os.urandom(16)
+        self._crls: _Cache[str, _CRLEntry] = _Cache(cache_size)
+        self._ocsp: _Cache[Any, tuple[asn1_ocsp.OCSPResponse, str, tuple[datetime, ...]]] = _Cache(cache_size)
+        self._certificates: _Cache[str, tuple[list[asn1_x509.Certificate], tuple[datetime, ...]]] = _Cache(
+            cache_size
+        )
         self._failures: _Cache[tuple[str, str], str] = _Cache(cache_size)
 
     def open_session(self) -> RevocationSession:
@@ -445,6 +588,44 @@ class BoundedFetcherBackend(FetcherBackend):
         """Forget every cached CRL, OCSP response, certificate and failure (e.g. after a CA incident)."""
         for cache in (self._crls, self._ocsp, self._certificates, self._failures):
             cache.clear()
+
+    def is_current(self, evidence: RevocationEvidence, *, short_lived: bool = False) -> bool:
+        """Whether a verdict reached with ``evidence`` may be reused now (the freshness contract).
+
+        True when ``evidence`` came from this backend and every cache entry it relied on is still in the
+        cache, unexpired, and the very same entry (same version): a validation now would be answered with
+        exactly the data the verdict was reached with. A CRL counts as expired from its nextUpdate by
+        ``clock`` on (as the CRL fetcher decides); OCSP answers, AIA certificates and failures by their
+        cache lifetimes. ``short_lived`` (a soft-fail "unknown" verdict) also requires that at most
+        ``failure_ttl`` seconds have passed since the evidence was taken.
+
+        :param evidence: from :meth:`RevocationSession.evidence`.
+        :param short_lived: bound the reuse to ``failure_ttl`` seconds.
+        :returns: True when the verdict may be reused.
+
+        Spec: AS-20 (caching until nextUpdate; soft mode).
+        """
+        if evidence.fetcher != self.cache_id:
+            return False
+        now = self._monotonic()
+        if short_lived and now >= evidence.taken + self.failure_ttl:
+            return False
+        for cache, key, version in evidence.dependencies:
+            if cache == "crl":
+                crl = self._crls.peek(key, now)
+                if crl is None or crl[1] != version or (crl[0].until is not None and self.clock() >= crl[0].until):
+                    return False
+                continue
+            found = (
+                self._ocsp.peek(key, now)
+                if cache == "ocsp"
+                else self._certificates.peek(key, now)
+                if cache == "certificate"
+                else self._failures.peek(key, now)
+            )
+            if found is None or found[1] != version:
+                return False
+        return True
 
     def cached_counts(self) -> dict[str, int]:
         """How many entries each cache holds (for tests and metrics).

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import functools
 import threading
@@ -30,7 +31,7 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from asn1crypto import x509 as asn1_x509
@@ -66,6 +67,7 @@ __all__ = [
     "FetchRecord",
     "FetchSession",
     "PathVerdict",
+    "RevocationEvidence",
     "RevocationFetcher",
     "RevocationResult",
     "RevocationStatus",
@@ -491,6 +493,9 @@ class TrustStore:
     _certificates: dict[Direction, tuple[Certificate, ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    _verdict_keys: dict[Direction, tuple[Any, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         for name in ("incoming", "outgoing"):
@@ -611,8 +616,35 @@ class FetchRecord:
     detail: str
 
 
+@dataclass(frozen=True)
+class RevocationEvidence:
+    """What one validation's fetch session relied on, so that its verdict can be reused while that holds.
+
+    Made by the fetcher's session (``FetchSession.evidence()``) and checked by the fetcher
+    (``RevocationFetcher.is_current()``); the core only stores it and collects ``times``.
+
+    :ivar fetcher: the fetcher's cache identity (random bytes, ``cache_id``).
+    :ivar dependencies: ``(cache, key, version)`` of every cache entry of the fetcher whose answer was
+        used (CRL, OCSP response, AIA certificates, a remembered failure).
+    :ivar times: every date in those answers that validation may compare its time with (thisUpdate,
+        nextUpdate, revocation dates, validity of fetched certificates), aware.
+    :ivar taken: when the evidence was taken, in seconds of the fetcher's monotonic clock.
+
+    Spec: AS-20 (revocation caching until nextUpdate).
+    """
+
+    fetcher: bytes
+    dependencies: tuple[tuple[str, Any, int], ...]
+    times: tuple[datetime, ...]
+    taken: float
+
+
 class FetchSession(Protocol):
-    """The fetchers for one validation, and what they did (implemented by hisp.adapters.revocation)."""
+    """The fetchers for one validation, and what they did (implemented by hisp.adapters.revocation).
+
+    A session may also offer ``evidence() -> RevocationEvidence | None`` (what the validation relied on;
+    None: do not reuse its verdict); without it, verdicts reached with fetching are never cached.
+    """
 
     @property
     def fetchers(self) -> Fetchers:
@@ -626,6 +658,9 @@ class FetchSession(Protocol):
 
 class RevocationFetcher(Protocol):
     """Where validation gets CRLs, OCSP responses and AIA issuers: an adapter passed in (the core does no I/O).
+
+    A fetcher that also has ``cache_id: bytes`` and ``is_current(evidence, *, short_lived) -> bool`` lets
+    :func:`validate` reuse verdicts (see :class:`_VerdictCache`); others are consulted on every validation.
 
     Spec: AS-20 (CRL, OCSP, AIA with bounded time and size), CP-2.
     """
@@ -643,6 +678,9 @@ class _Progress:
     records: tuple[FetchRecord, ...] = ()
     revocation: RevocationResult | None = None
     warnings: list[str] = field(default_factory=list)
+    #: what the fetch sessions relied on; ``reusable`` False when one of them could not say
+    evidence: list[RevocationEvidence] = field(default_factory=list)
+    reusable: bool = True
 
 
 def _declared_sources(cert: Certificate) -> tuple[str, ...]:
@@ -779,6 +817,12 @@ def _validate_online(
     finally:
         if session is not None:
             progress.records = (*progress.records, *session.records())
+            taken = getattr(session, "evidence", None)
+            evidence = taken() if callable(taken) else None
+            if isinstance(evidence, RevocationEvidence):
+                progress.evidence.append(evidence)
+            else:
+                progress.reusable = False
     return _path_ders(path)
 
 
@@ -1057,6 +1101,188 @@ def _check_leaf_rules(
                 )
 
 
+# -- verdicts remembered (with or without revocation) ------------------------------------------------
+# A verdict of validate() depends on (1) its inputs: the certificate, the store's anchors of the direction
+# (with their sources) and intermediates, the other direction's bundle anchors (TB-5), the scope and mode of
+# the store, the effective policy, usage, direction, address and the intermediates given; (2) the time
+# ``at``, only through comparisons with dates: the validity of every certificate validation can see, and
+# every date of the revocation answers used (thisUpdate, nextUpdate, revocation dates), each also shifted by
+# the clock-skew allowance; (3) the revocation answers the fetcher gives, which are its cache entries.
+# So a verdict is remembered under a key of (1) made of bytes and values (never object identity: the
+# fetcher's part is its random cache_id), for the *time window* around ``at`` that contains none of the
+# dates of (2) (an ``at`` on such a date is not remembered), together with the fetcher's evidence for (3):
+# the versions of the cache entries used. It is reused for another ``at`` in the window only while the
+# fetcher says every such entry is still the same and fresh (RevocationFetcher.is_current), i.e. exactly
+# while a fresh validation would be answered with the same data; a soft-fail "unknown" verdict at most
+# failure_ttl seconds. A fresh failure to fetch is never remembered: the next validation sees the
+# remembered failure (other text), and its verdict is remembered then.
+
+#: Keys remembered (least recently used dropped first), and time windows per key.
+_VERDICT_CACHE_KEYS = 1024
+_VERDICT_CACHE_WINDOWS = 4
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A remembered verdict, and for a failure the error to raise again."""
+
+    verdict: TrustVerdict
+    error: type[TrustError] | type[PolicyViolation] | None = None
+    message: str = ""
+    context: tuple[tuple[str, Any], ...] = ()
+
+    def replay(self, at: datetime) -> TrustVerdict:
+        """The verdict at ``at`` (the caller's own datetime, time zone included); raises as it did."""
+        verdict = dataclasses.replace(self.verdict, at=at)
+        if self.error is TrustError:
+            raise TrustError(self.message, reason=verdict.reason or "untrusted", verdict=verdict, **dict(self.context))
+        if self.error is PolicyViolation:
+            raise PolicyViolation(self.message, verdict=verdict, **dict(self.context))
+        return verdict
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One remembered outcome: valid for ``after < at < before`` (None: unbounded), or when ``exact`` only for
+    ``at == after`` (an ``at`` that is itself one of the dates), while its evidence holds."""
+
+    after: datetime | None
+    before: datetime | None
+    outcome: _Outcome
+    evidence: tuple[RevocationEvidence, ...]
+    short_lived: bool
+    exact: bool = False
+
+    def covers(self, at: datetime) -> bool:
+        if self.exact:
+            return at == self.after
+        return (self.after is None or self.after < at) and (self.before is None or at < self.before)
+
+
+class _VerdictCache:
+    """Bounded, thread-safe memory of :func:`validate`'s outcomes (see the comment above)."""
+
+    def __init__(self, keys: int, windows: int) -> None:
+        self._items: OrderedDict[tuple[Any, ...], list[_Window]] = OrderedDict()
+        self._max_keys = keys
+        self._max_windows = windows
+        self._lock = threading.Lock()
+
+    def lookup(self, key: tuple[Any, ...], at: datetime, fetcher: RevocationFetcher | None) -> _Outcome | None:
+        """The outcome remembered for ``key`` at ``at`` if its evidence still holds, else None."""
+        with self._lock:
+            windows = self._items.get(key)
+            if windows is None:
+                return None
+            self._items.move_to_end(key)
+            window = next((w for w in windows if w.covers(at)), None)
+        if window is None:
+            return None
+        if window.evidence:
+            is_current = getattr(fetcher, "is_current", None)
+            if not callable(is_current) or not all(
+                is_current(e, short_lived=window.short_lived) for e in window.evidence
+            ):
+                return None
+        return window.outcome
+
+    def store(self, key: tuple[Any, ...], at: datetime, window: _Window) -> None:
+        """Remember ``window`` for ``key``, replacing any window that covers ``at``."""
+        if self._max_keys <= 0:
+            return
+        with self._lock:
+            windows = [w for w in self._items.get(key, ()) if not w.covers(at)][-(self._max_windows - 1) :]
+            windows.append(window)
+            self._items[key] = windows
+            self._items.move_to_end(key)
+            while len(self._items) > self._max_keys:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget everything (tests, benchmarks)."""
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+_VERDICTS = _VerdictCache(_VERDICT_CACHE_KEYS, _VERDICT_CACHE_WINDOWS)
+
+
+def _store_key(store: TrustStore, direction: Direction) -> tuple[Any, ...]:
+    """The parts of ``store`` a verdict for ``direction`` depends on, as bytes and values (computed once)."""
+    found = store._verdict_keys.get(direction)
+    if found is None:
+        bundle_anchors = tuple(a.certificate.der for a in (*store.incoming, *store.outgoing) if a.from_bundle)
+        found = (
+            None if store.domain is None else str(store.domain),
+            None if store.address is None else str(store.address),
+            store.revocation.value,
+            tuple((a.certificate.der, a.source) for a in store.anchors_for(direction)),
+            tuple(c.der for c in store.intermediates),
+            bundle_anchors if direction is Direction.OUTGOING else (),
+        )
+        store._verdict_keys[direction] = found
+    return found
+
+
+def _window(
+    at: datetime, certificates: Iterable[Certificate], evidence: Sequence[RevocationEvidence], skew: int
+) -> tuple[datetime | None, datetime | None, bool] | None:
+    """The open window around ``at`` holding none of the dates validation compares ``at`` with (each also
+    shifted by the clock-skew allowance both ways), and False; ``(at, at, True)`` when ``at`` is one of
+    them; None when a date is unusual."""
+    try:
+        raw: list[datetime] = []
+        for cert in certificates:
+            raw.extend(_validity(cert.der))
+            raw.extend((cert.not_before, cert.not_after))
+        for item in evidence:
+            raw.extend(item.times)
+        shifts = {timedelta(0), abs(timedelta(seconds=skew)), -abs(timedelta(seconds=skew))}
+        after: datetime | None = None
+        before: datetime | None = None
+        for moment in raw:
+            for shift in shifts:
+                edge = moment + shift
+                if edge == at:
+                    return at, at, True
+                if edge < at:
+                    after = edge if after is None or edge > after else after
+                elif before is None or edge < before:
+                    before = edge
+    except (ValueError, TypeError, LookupError, AttributeError, OverflowError):
+        return None
+    return after, before, False
+
+
+def _remember(
+    key: tuple[Any, ...] | None,
+    at: datetime,
+    outcome: _Outcome,
+    certificates: Iterable[Certificate],
+    progress: _Progress,
+    skew: int,
+) -> None:
+    """Remember ``outcome`` when it may be reused (see the comment above)."""
+    if key is None or not progress.reusable:
+        return
+    # a text that names the validation time itself (certvalidator's "not recent enough (AT > nextUpdate)")
+    # would differ for another time in the window: such verdicts are not remembered
+    verdict = outcome.verdict
+    texts = (outcome.message, verdict.failure or "", verdict.revocation.detail, *verdict.warnings)
+    renderings = {str(at), str(at.astimezone(UTC)), at.isoformat(), at.astimezone(UTC).isoformat()}
+    if any(r in text for r in renderings for text in texts):
+        return
+    window = _window(at, certificates, progress.evidence, skew)
+    if window is None:
+        return
+    short = outcome.verdict.revocation.status is RevocationStatus.UNKNOWN
+    _VERDICTS.store(key, at, _Window(window[0], window[1], outcome, tuple(progress.evidence), short, window[2]))
+
+
 def validate(
     certificate: Certificate,
     *,
@@ -1082,8 +1308,14 @@ def validate(
     and is accepted with a warning in soft mode; off checks nothing (AIA is still used when a path
     cannot be built offline).
 
-    Validation without revocation uses the path cache of :func:`validate_path`; with revocation the path
-    is built afresh each time (the fetcher's caches keep CRLs and OCSP answers until their nextUpdate).
+    Verdicts are remembered, revocation on or off (see "verdicts remembered" in this module): a verdict
+    is reused for the same certificate, store anchors and intermediates, policy, usage, direction, address,
+    revocation mode and fetcher, for an ``at`` between the same certificate and revocation dates, and only
+    while every CRL, OCSP answer, AIA certificate and remembered failure it relied on is still the same,
+    fresh entry of the fetcher's caches (``RevocationFetcher.is_current``): a change on a CRL server is
+    seen by the first validation after the fetcher would fetch again (the CRL's nextUpdate, a failure's
+    ``failure_ttl``), exactly as without the cache. A soft-fail "unknown" verdict is reused for at most
+    ``failure_ttl`` seconds. Without revocation the path itself is also remembered (:func:`validate_path`).
     With fetching this runs an asyncio loop of its own (see :func:`_run_with_io`): call it from a worker
     thread, never on an event loop's thread.
 
@@ -1120,6 +1352,23 @@ def validate(
         f"{store.address or store.domain or 'the given anchors'}, {usage} usage, revocation {mode.value}"
     )
     progress = _Progress()
+    fetcher_id = None if revocation is None else getattr(revocation, "cache_id", None)
+    key: tuple[Any, ...] | None = None
+    if revocation is None or isinstance(fetcher_id, bytes):
+        key = (
+            certificate.der,
+            direction.value,
+            usage,
+            None if address is None else str(address),
+            _store_key(store, direction),
+            policy,
+            tuple(c.der for c in intermediates),
+            fetcher_id,
+        )
+        remembered = _VERDICTS.lookup(key, at, revocation)
+        if remembered is not None:
+            return remembered.replay(at)
+    seen = (certificate, *store.certificates_for(direction), *all_intermediates)
     try:
         _check_leaf_rules(certificate, store, direction, address)
         chain, result = _check_path(
@@ -1156,10 +1405,13 @@ def validate(
             address=address,
         )
         context = {k: v for k, v in exc.context.items() if k != "verdict"}
+        error = TrustError if isinstance(exc, TrustError) else PolicyViolation
+        failed = _Outcome(verdict, error, exc.message, tuple(context.items()))
+        _remember(key, at, failed, seen, progress, policy.clock_skew)
         if isinstance(exc, TrustError):
             raise TrustError(exc.message, reason=exc.reason, verdict=verdict, **context) from None
         raise PolicyViolation(exc.message, verdict=verdict, **context) from None
-    return TrustVerdict(
+    trusted = TrustVerdict(
         certificate=certificate,
         direction=direction,
         trusted=True,
@@ -1174,6 +1426,8 @@ def validate(
         at=at,
         address=address,
     )
+    _remember(key, at, _Outcome(trusted), seen, progress, policy.clock_skew)
+    return trusted
 
 
 def _failed_revocation(reason: str, mode: RevocationMode, records: Sequence[FetchRecord]) -> RevocationResult:

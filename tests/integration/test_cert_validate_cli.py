@@ -14,7 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from hisp.cli import main
-from hisp.core.devca import create_ca, issue_certificate
+from hisp.core.certs import load_certificate
+from hisp.core.devca import KeyUsagePreset, create_ca, issue_certificate
+from hisp.testing.bundles import make_p7b, sign_bundle
+from hisp.testing.http import serve_http
 
 ETT = FIXTURES / "ett" / "certificates"
 
@@ -122,3 +125,88 @@ def test_usage_errors_exit_2(files: dict[str, Path], args: tuple[str, ...]) -> N
 def test_no_anchor_is_a_usage_error(files: dict[str, Path]) -> None:
     code, _, err = run(files["leaf"])
     assert code == 2 and "--anchor or --bundle" in err
+
+
+@pytest.fixture(scope="module")
+def signed_bundles(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("cli-bundles")
+    root = load_certificate(files["root"].read_bytes())
+    publisher = create_ca("CLI Bundle Publisher", at=AT - timedelta(days=1))
+    signer = issue_certificate(publisher, at=AT, domain="signer.example", usage=KeyUsagePreset.SIGNING)
+    rogue = issue_certificate(publisher, at=AT, domain="rogue.example", usage=KeyUsagePreset.SIGNING)
+    unsigned = make_p7b([root])
+    signed = sign_bundle(unsigned, signer.credential, at=AT)
+    contents = {
+        "signer.pem": signer.certificate.to_pem(),
+        "rogue.pem": rogue.certificate.to_pem(),
+        "unsigned.p7b": unsigned,
+        "signed.p7m": signed,
+        "tampered.p7m": signed.replace(b"CLI Root", b"CLI Roo7"),
+    }
+    for name, data in contents.items():
+        (out / name).write_bytes(data)
+    return {name.split(".")[0]: out / name for name in contents}
+
+
+def test_bundle_signer_accepts_a_bundle_signed_by_it(files: dict[str, Path], signed_bundles: dict[str, Path]) -> None:
+    common = (files["leaf"], "--at", AT.isoformat(), "--revocation", "off", "--json")
+    code, out, err = run(*common, "--bundle", signed_bundles["signed"], "--bundle-signer", signed_bundles["signer"])
+    assert code == 0, err
+    assert json.loads(out)["anchor"]["source"] == f"bundle {signed_bundles['signed']}"
+    # a second, other signer may be configured too: one of them is enough
+    code, _, err = run(
+        *common,
+        "--bundle",
+        signed_bundles["signed"],
+        "--bundle-signer",
+        signed_bundles["rogue"],
+        "--bundle-signer",
+        signed_bundles["signer"],
+    )
+    assert code == 0, err
+    # without --bundle-signer a signed bundle is still used (unverified), as before
+    assert run(*common, "--bundle", signed_bundles["signed"])[0] == 0
+
+
+def test_bundle_signer_refuses_other_signers_unsigned_and_tampered_bundles(
+    files: dict[str, Path], signed_bundles: dict[str, Path]
+) -> None:
+    common = (files["leaf"], "--at", AT.isoformat(), "--revocation", "off")
+    code, out, err = run(*common, "--bundle", signed_bundles["signed"], "--bundle-signer", signed_bundles["rogue"])
+    assert code == 1 and not out
+    assert err.startswith("hisp: ") and "not signed by a configured bundle signing certificate" in err
+    code, _, err = run(*common, "--bundle", signed_bundles["unsigned"], "--bundle-signer", signed_bundles["signer"])
+    assert code == 1 and "unsigned" in err
+    code, _, err = run(*common, "--bundle", signed_bundles["tampered"], "--bundle-signer", signed_bundles["signer"])
+    assert code == 1 and err.startswith("hisp: ")
+    # every bundle must be signed: one good bundle does not carry an unsigned one
+    code, _, err = run(
+        *common,
+        "--bundle",
+        signed_bundles["signed"],
+        "--bundle",
+        signed_bundles["unsigned"],
+        "--bundle-signer",
+        signed_bundles["signer"],
+    )
+    assert code == 1 and "unsigned" in err
+
+
+def test_bundle_signer_applies_to_bundles_fetched_by_url(
+    files: dict[str, Path], signed_bundles: dict[str, Path]
+) -> None:
+    common = (files["leaf"], "--at", AT.isoformat(), "--revocation", "off")
+    with serve_http() as server:
+        server.set_route("/signed.p7m", body=signed_bundles["signed"].read_bytes())
+        server.set_route("/unsigned.p7b", body=signed_bundles["unsigned"].read_bytes())
+        code, _, err = run(*common, "--bundle", server.url("/signed.p7m"), "--bundle-signer", signed_bundles["signer"])
+        assert code == 0, err
+        code, _, err = run(
+            *common, "--bundle", server.url("/unsigned.p7b"), "--bundle-signer", signed_bundles["signer"]
+        )
+        assert code == 1 and "unsigned" in err
+
+
+def test_bundle_signer_without_bundle_is_a_usage_error(files: dict[str, Path], signed_bundles: dict[str, Path]) -> None:
+    code, _, err = run(files["leaf"], "--anchor", files["root"], "--bundle-signer", signed_bundles["signer"])
+    assert code == 2 and "--bundle-signer needs a --bundle" in err
