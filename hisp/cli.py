@@ -17,7 +17,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import wraps
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -28,6 +27,7 @@ from hisp.adapters import http
 from hisp.adapters.bundles import DEFAULT_TIMEOUT, write_atomically
 from hisp.adapters.revocation import BoundedFetcherBackend
 from hisp.addresses import DirectAddress, parse_address_list
+from hisp.commands.common import fail_cleanly, iso_option, parse_time
 from hisp.core import devca, mime
 from hisp.core.agent import SecurityAgent, StaticAnchors
 from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, TrustBundle, describe_anchor, parse_bundle
@@ -43,7 +43,7 @@ from hisp.core.policy import (
 )
 from hisp.core.trust import TrustAnchor, TrustStore, TrustVerdict
 from hisp.core.trust import validate as validate_trust
-from hisp.errors import AddressError, CertificateError, ConfigError, HispError, PolicyViolation, TrustError
+from hisp.errors import AddressError, CertificateError, ConfigError, PolicyViolation, TrustError
 
 __all__ = ["main"]
 
@@ -51,37 +51,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Files an operator points us at are certificates and keys: refuse anything absurdly large.
 _MAX_CREDENTIAL_FILE = 1024 * 1024
-
-
-def _fail_cleanly(func: F) -> F:
-    """Turn a HispError into one stderr line and exit status 1 (never a traceback)."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except HispError as exc:
-            click.echo(f"hisp: {exc.message}", err=True)
-            sys.exit(1)
-        except OSError as exc:
-            click.echo(f"hisp: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _parse_time(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--at") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _iso_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
-    return None if value is None else _parse_time(value)
 
 
 def _read_small(path: str, option: str) -> bytes:
@@ -137,7 +106,7 @@ def ca() -> None:
     "--passphrase", envvar="HISP_CA_PASSPHRASE", default=None, help="Encrypt ca.key with it (env HISP_CA_PASSPHRASE)."
 )
 @click.option("--force", is_flag=True, help="Replace an existing CA (certificates it issued stop chaining).")
-@_fail_cleanly
+@fail_cleanly
 def ca_init(out_dir: str, name: str, days: int, passphrase: str | None, force: bool) -> None:
     """Create a self-signed CA: writes OUT/ca.pem and OUT/ca.key (PKCS#8 PEM, mode 0600)."""
     out = Path(out_dir)
@@ -185,8 +154,8 @@ def _key_pem(credential: Credential, passphrase: str | None) -> bytes:
     help="dual: digitalSignature+keyEncipherment; or a single-use certificate.",
 )
 @click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500), help="Validity in days.")
-@click.option("--not-before", default=None, callback=_iso_option, help="ISO 8601 start of validity.")
-@click.option("--not-after", default=None, callback=_iso_option, help="ISO 8601 end of validity.")
+@click.option("--not-before", default=None, callback=iso_option, help="ISO 8601 start of validity.")
+@click.option("--not-after", default=None, callback=iso_option, help="ISO 8601 end of validity.")
 @click.option("--crl-url", default=None, help="CRL distribution point (HTTP URL).")
 @click.option("--aia-url", default=None, help="AIA caIssuers URL.")
 @click.option("--name", "basename", default=None, help="File base name (default: the address or domain).")
@@ -197,7 +166,7 @@ def _key_pem(credential: Credential, passphrase: str | None) -> bytes:
     help="Encrypt the key with it (env HISP_KEY_PASSPHRASE).",
 )
 @click.option("--force", is_flag=True, help="Replace existing files of the same name.")
-@_fail_cleanly
+@fail_cleanly
 def ca_issue(
     ca_dir: str,
     ca_passphrase: str | None,
@@ -387,7 +356,7 @@ def _credential_options(whose: str) -> Callable[[F], F]:
     "-i", "input_file", type=click.File("rb"), metavar="FILE", default="-", help="Plain message (default stdin)."
 )
 @click.option("-o", "output_path", metavar="FILE", default="-", help="Direct message out (default stdout).")
-@_fail_cleanly
+@fail_cleanly
 def message_outgoing(
     cert: str,
     key: str | None,
@@ -412,7 +381,7 @@ def message_outgoing(
         changes["digest"] = DigestAlgorithm.from_name(digest)
     if changes:
         policy = policy.with_options(**changes)
-    at = _parse_time(at_text)
+    at = parse_time(at_text)
     agent = SecurityAgent(policy=policy)
     sender = _load_our_credentials(cert, key, password)
     certificates: list[Certificate] = []
@@ -454,7 +423,7 @@ def message_outgoing(
     "-i", "input_file", type=click.File("rb"), metavar="FILE", default="-", help="Direct message (default stdin)."
 )
 @click.option("-o", "output_path", metavar="FILE", default="-", help="Plain message out (default stdout).")
-@_fail_cleanly
+@fail_cleanly
 def message_incoming(
     cert: str,
     key: str | None,
@@ -468,7 +437,7 @@ def message_incoming(
 ) -> None:
     """Decrypt, verify and unwrap a Direct message; on any security failure exit 1 and write nothing."""
     policy = policy_from_name(policy_name)
-    at = _parse_time(at_text)
+    at = parse_time(at_text)
     agent = SecurityAgent(policy=policy)
     credentials = _load_our_credentials(cert, key, password)
     anchors = tuple(cert for path in anchor_paths for cert in _certificates_from(path, "--anchor"))
@@ -609,12 +578,12 @@ def _print_bundle(report: dict[str, Any]) -> None:
 @click.option("--at", "at_text", default=None, help="ISO 8601 time to judge validity at (default now; no zone = UTC).")
 @click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0.1), help="Seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@_fail_cleanly
+@fail_cleanly
 def trust_bundle_show(
     source: str, signer_paths: Sequence[str], policy_name: str, at_text: str | None, timeout: float, as_json: bool
 ) -> None:
     """List the anchors of a bundle file or URL, and whether and by whom it is signed."""
-    at = _parse_time(at_text)
+    at = parse_time(at_text)
     policy = policy_from_name(policy_name)
     signers = _signers(signer_paths)
     if _is_url(source):
@@ -638,7 +607,7 @@ def trust_bundle_show(
 @_POLICY_OPTION
 @click.option("--at", "at_text", default=None, help="ISO 8601 time to verify at (default now; no zone = UTC).")
 @click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0.1), help="Seconds.")
-@_fail_cleanly
+@fail_cleanly
 def trust_bundle_fetch(
     url: str, out_path: str, signer_paths: Sequence[str], policy_name: str, at_text: str | None, timeout: float
 ) -> None:
@@ -648,7 +617,7 @@ def trust_bundle_fetch(
     target = Path(out_path)
     if target.is_dir():
         raise click.BadParameter(f"{out_path} is a directory", param_hint="--out")
-    at = _parse_time(at_text)
+    at = parse_time(at_text)
     policy = policy_from_name(policy_name)
     signers = _signers(signer_paths)
     progress = _Progress(url)
@@ -744,7 +713,7 @@ def _cli_bundle_anchors(
 )
 @click.option("--explain", is_flag=True, help="Print the verdict: chain, anchor, revocation, rule.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
-@_fail_cleanly
+@fail_cleanly
 def cert_validate(
     cert_path: str,
     anchor_paths: Sequence[str],
@@ -769,16 +738,14 @@ def cert_validate(
         raise click.UsageError("give at least one --anchor or --bundle")
     if bundle_signer_paths and not bundle_sources:
         raise click.UsageError("--bundle-signer needs a --bundle")
-    at = _parse_time(at_text)
+    at = parse_time(at_text)
     try:
         bound = DirectAddress.parse(address) if address is not None else None
     except AddressError as exc:
         raise click.BadParameter(exc.message, param_hint="--address") from None
     leaf, *intermediates = _certificates_from(cert_path, "CERT")
     bundle_signers = [c for path in bundle_signer_paths for c in _certificates_from(path, "--bundle-signer")]
-    anchors = [
-        TrustAnchor(c, path) for path in anchor_paths for c in _certificates_from(path, "--anchor")
-    ] + [
+    anchors = [TrustAnchor(c, path) for path in anchor_paths for c in _certificates_from(path, "--anchor")] + [
         TrustAnchor(c, f"bundle {source}")
         for source in bundle_sources
         for c in _cli_bundle_anchors(source, timeout, at, policy_name, bundle_signers)
@@ -810,10 +777,7 @@ def cert_validate(
         click.echo(verdict.explain())
     else:
         assert verdict.anchor is not None
-        click.echo(
-            f"trusted: {leaf.subject} -> {verdict.anchor.certificate.subject} "
-            f"({verdict.revocation.describe()})"
-        )
+        click.echo(f"trusted: {leaf.subject} -> {verdict.anchor.certificate.subject} ({verdict.revocation.describe()})")
     for warning in verdict.warnings:
         click.echo(f"hisp: warning: {warning}", err=True)
 

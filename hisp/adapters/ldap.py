@@ -7,8 +7,10 @@ bind anonymously, read the rootDSE ``namingContexts``, and search each naming co
 ``userSMIMECertificate``. Values are returned raw; decoding (and calling garbage a defect) is the core's job.
 
 A :class:`LdapSession` keeps the connections and naming contexts of one discovery, so that the address-bound
-and domain-bound searches of the same server cost one connect, one bind and one rootDSE read. Moving on to
-the next target after a failure is the plan's decision: every failure here raises, naming its stage.
+and domain-bound searches of the same server cost one connect, one bind and one rootDSE read, and the
+addresses of each SRV target name, so that servers sharing a host name on several ports (DCDT's LDAP1-3)
+cost one address query. Moving on to the next target after a failure is the plan's decision: every failure
+here raises, naming its stage.
 
 ldap3 is synchronous; each operation runs in a worker thread (``asyncio.to_thread``) and is bounded by the
 connect timeout, the receive timeout (bind, rootDSE, search) and the server-side time and size limits of the
@@ -27,7 +29,7 @@ from typing import Any
 import ldap3
 from ldap3.utils.conv import escape_filter_chars
 
-from hisp.adapters.dns import DnsClient
+from hisp.adapters.dns import AddressAnswer, DnsClient
 from hisp.core.discovery import LDAP_ATTRIBUTES, LdapAnswer, LdapEntry, SrvRecord
 from hisp.errors import ConfigError, DiscoveryUnavailable, HispError
 
@@ -114,6 +116,8 @@ class LdapSession:
     def __init__(self, client: LdapClient) -> None:
         self._client = client
         self._bound: dict[tuple[str, int], _Bound] = {}
+        # SRV targets often share a host on several ports (DCDT's LDAP1-3): resolve each name once per session
+        self._addresses: dict[str, AddressAnswer] = {}
 
     async def __aenter__(self) -> LdapSession:
         return self
@@ -146,14 +150,17 @@ class LdapSession:
         key = (target.target, target.port)
         bound = self._bound.get(key)
         if bound is None:
+            known = self._addresses.get(target.target)
             try:
-                resolved = await self._client.dns.addresses(target.target)
+                resolved = known or await self._client.dns.addresses(target.target)
             except HispError as exc:
                 raise DiscoveryUnavailable(
                     exc.message, stage="resolve", transient=isinstance(exc, DiscoveryUnavailable),
                     messages=int(exc.context.get("messages", 1)),
                 ) from None
-            operations += resolved.messages
+            if known is None:
+                self._addresses[target.target] = resolved
+                operations += resolved.messages
             try:
                 bound = await asyncio.to_thread(_connect, resolved.addresses, target.port, settings)
             except _StageError as exc:

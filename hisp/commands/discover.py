@@ -14,7 +14,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 
@@ -22,6 +22,7 @@ from hisp.adapters import http
 from hisp.adapters.discovery import CertificateDiscovery
 from hisp.adapters.dns import DnsClient, parse_server
 from hisp.addresses import DirectAddress
+from hisp.commands.common import parse_time
 from hisp.core.agent import RecipientTrust, StaticAnchors
 from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, parse_bundle
 from hisp.core.certs import Certificate, load_certificates
@@ -50,16 +51,6 @@ class _NoAnchors:
         raise TrustError(
             f"untrusted: no trust anchors given (--anchor, --bundle): {certificate.describe()}", reason="untrusted"
         )
-
-
-def _parse_at(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--at") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _server(value: str | None) -> tuple[str, int] | None:
@@ -110,17 +101,43 @@ def _bundles(sources: Sequence[str], at: datetime, policy: SecurityPolicy, timeo
 
 @click.command("discover")
 @click.argument("address")
-@click.option("--dns-server", "dns_server", metavar="HOST[:PORT]", default=None,
-              help="Ask this DNS server for CERT, SRV and A records (default: the system resolver).")
-@click.option("--anchor", "anchor_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Trust anchor certificate file (PEM or DER; repeat for each).")
-@click.option("--bundle", "bundle_sources", multiple=True, metavar="FILE_OR_URL",
-              help="Trust bundle (PKCS#7) file or http(s) URL whose anchors are trusted (repeat for each).")
-@click.option("--policy", "policy_name", type=click.Choice(sorted(PRESETS)), default="direct-1.3",
-              show_default=True, help="Security policy for path validation.")
+@click.option(
+    "--dns-server",
+    "dns_server",
+    metavar="HOST[:PORT]",
+    default=None,
+    help="Ask this DNS server for CERT, SRV and A records (default: the system resolver).",
+)
+@click.option(
+    "--anchor",
+    "anchor_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Trust anchor certificate file (PEM or DER; repeat for each).",
+)
+@click.option(
+    "--bundle",
+    "bundle_sources",
+    multiple=True,
+    metavar="FILE_OR_URL",
+    help="Trust bundle (PKCS#7) file or http(s) URL whose anchors are trusted (repeat for each).",
+)
+@click.option(
+    "--policy",
+    "policy_name",
+    type=click.Choice(sorted(PRESETS)),
+    default="direct-1.3",
+    show_default=True,
+    help="Security policy for path validation.",
+)
 @click.option("--at", "at_text", default=None, help="ISO 8601 time to validate at (default now; no zone = UTC).")
-@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds per DNS query, LDAP operation and HTTP fetch.")
+@click.option(
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds per DNS query, LDAP operation and HTTP fetch.",
+)
 @click.option("--require-dnssec", is_flag=True, help="Refuse DNS answers without the AD bit (validating resolver).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--pem", "as_pem", is_flag=True, help="Print only the chosen certificates, PEM.")
@@ -143,15 +160,16 @@ def discover(
         recipient = DirectAddress.parse(address)
     except AddressError as exc:
         raise click.BadParameter(exc.message, param_hint="ADDRESS") from None
-    at = _parse_at(at_text)
+    at = parse_time(at_text)
     server = _server(dns_server)
     policy = policy_from_name(policy_name)
     try:
         anchors = _anchors(anchor_paths) + _bundles(bundle_sources, at, policy, timeout)
         dns = DnsClient(server, timeout=min(timeout, 2.0), lifetime=timeout, require_dnssec=require_dnssec)
         trust: RecipientTrust = StaticAnchors(tuple(anchors)) if anchors else _NoAnchors()
-        discovery = CertificateDiscovery(dns=dns, trust=trust, policy=policy, budget=max(30.0, 6 * timeout),
-                                         fetch_timeout=timeout)
+        discovery = CertificateDiscovery(
+            dns=dns, trust=trust, policy=policy, budget=max(30.0, 6 * timeout), fetch_timeout=timeout
+        )
         result = asyncio.run(discovery.lookup(recipient, at=at))
     except HispError as exc:
         click.echo(f"hisp: {exc.message}", err=True)

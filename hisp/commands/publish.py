@@ -20,14 +20,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Callable, Mapping
-from functools import wraps
 from typing import Any, TypeVar
 
 import click
 
 from hisp.adapters.dns_server import DnsServer
+from hisp.commands.common import fail_cleanly
 from hisp.config import Config, Publication, load_config
 from hisp.core.publish import (
     DomainPublication,
@@ -46,23 +45,6 @@ __all__ = ["dns_group", "ldap_group", "publications", "zones_from_config"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail_cleanly(func: F) -> F:
-    """Turn a HispError or OSError into one stderr line and exit status 1 (never a traceback)."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except HispError as exc:
-            click.echo(f"hisp: {exc.message}", err=True)
-            sys.exit(1)
-        except OSError as exc:
-            click.echo(f"hisp: {exc.strerror or exc}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
 def publications(config: Config, environ: Mapping[str, str]) -> tuple[DomainPublication, ...]:
     """What each hosted domain publishes, with the certificate files read.
 
@@ -78,7 +60,10 @@ def publications(config: Config, environ: Mapping[str, str]) -> tuple[DomainPubl
     for hosted in config.domains:
         certificates = tuple(
             PublishedCertificate(
-                c.certificate(environ), hosted.domain, c.address, Publication.DNS in c.publish,
+                c.certificate(environ),
+                hosted.domain,
+                c.address,
+                Publication.DNS in c.publish,
                 Publication.LDAP in c.publish,
             )
             for c in hosted.certificates
@@ -127,7 +112,7 @@ def dns_group() -> None:
 @click.option(
     "--listen", default="127.0.0.1:53", show_default=True, callback=_listen, help="HOST:PORT for UDP and TCP."
 )
-@_fail_cleanly
+@fail_cleanly
 def dns_serve(config_path: str, listen: tuple[str, int]) -> None:
     """Answer DNS queries for the hosted domains (UDP and TCP), until SIGINT or SIGTERM; SIGHUP reloads."""
     config = load_config(config_path)
@@ -167,7 +152,7 @@ async def _serve(config_path: str, zones: Zones, host: str, port: int) -> None:
 
 @dns_group.command("zone")
 @_config_option
-@_fail_cleanly
+@fail_cleanly
 def dns_zone(config_path: str) -> None:
     """Print the hosted domains' records (SOA, NS, CERT, A/MX/SRV...) as a BIND zone file."""
     config = load_config(config_path)
@@ -182,7 +167,7 @@ def ldap_group() -> None:
 @ldap_group.command("ldif")
 @_config_option
 @click.option("--base", default=None, help="Base DN of the entries (default: ldap.base of the configuration).")
-@_fail_cleanly
+@fail_cleanly
 def ldap_ldif(config_path: str, base: str | None) -> None:
     """Print LDIF entries (inetOrgPerson, mail, userCertificate;binary) for the certificates published in LDAP."""
     config = load_config(config_path)

@@ -1,7 +1,8 @@
-"""Smoke test of the S/MIME benchmark: ``bench/smime.py --quick`` still runs and prints its table.
+"""Smoke tests of the benchmarks: ``bench/smime.py --quick`` and ``bench/discovery.py --quick`` still run and
+print their tables.
 
-It asserts no timing (a benchmark is not a test); it only keeps the script from rotting when the agent's
-API changes.
+They assert no timing (a benchmark is not a test); they only keep the scripts from rotting when the APIs
+change.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "smime.py"
-
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="the benchmark compares against openssl"),
-]
+DISCOVERY_BENCH = BENCH.parent / "discovery.py"
 
 
+@pytest.mark.interop
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the benchmark compares against openssl")
 def test_quick_benchmark_runs_and_prints_the_table() -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH), "--quick"],
@@ -36,3 +35,23 @@ def test_quick_benchmark_runs_and_prints_the_table() -> None:
     assert re.search(r"^\s*ratio\s+10k\s+outgoing\s+\d+\.\d+x", out, re.MULTILINE), out
     assert re.search(r"^\s*ratio\s+1m\s+incoming\s+\d+\.\d+x", out, re.MULTILINE), out
     assert "targets" in out
+
+
+def test_quick_discovery_benchmark_runs_and_prints_its_figures() -> None:
+    if shutil.which("named") is None:
+        pytest.fail("BIND named is not installed: apt-get install bind9 bind9-dnsutils (.ci/run does)")
+    result = subprocess.run(
+        [sys.executable, str(DISCOVERY_BENCH), "--quick"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        cwd=DISCOVERY_BENCH.parents[1],
+    )
+    out = result.stdout.decode(errors="replace")
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    for kind in ("address-bound in DNS", "domain-bound in DNS", "nothing published"):
+        # lookups per second, ms each, bare round trips, queries per lookup and the minimum
+        assert re.search(rf"^{kind}\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+\s+\S", out, re.MULTILINE), out
+    assert re.search(r"^lookup \(cache hit\)\s+\d+\s+[\d.]+\s+[\d.]+$", out, re.MULTILINE), out
+    assert re.search(r"^DiscoveryCache\.get\s+\d+\s+[\d.]+\s+[\d.]+$", out, re.MULTILINE), out
+    assert "targets" in out and "warm lookup p99 under 0.2 ms" in out
