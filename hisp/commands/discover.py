@@ -13,7 +13,6 @@ import ipaddress
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import click
@@ -27,30 +26,11 @@ from hisp.core.agent import RecipientTrust, StaticAnchors
 from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, parse_bundle
 from hisp.core.certs import Certificate, load_certificates
 from hisp.core.policy import PRESETS, SecurityPolicy, policy_from_name
-from hisp.core.trust import PathVerdict
-from hisp.errors import AddressError, CertificateError, ConfigError, HispError, TrustError
+from hisp.errors import AddressError, CertificateError, ConfigError, HispError
 
 __all__ = ["discover"]
 
 _MAX_ANCHOR_FILE = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class _NoAnchors:
-    """The trust seam when no anchor was given: every certificate is reported untrusted (still listed)."""
-
-    def validate_recipient(
-        self,
-        certificate: Certificate,
-        *,
-        recipient: DirectAddress,
-        intermediates: Sequence[Certificate],
-        at: datetime,
-        policy: SecurityPolicy,
-    ) -> PathVerdict:
-        raise TrustError(
-            f"untrusted: no trust anchors given (--anchor, --bundle): {certificate.describe()}", reason="untrusted"
-        )
 
 
 def _server(value: str | None) -> tuple[str, int] | None:
@@ -156,6 +136,11 @@ def discover(
     """Discover ADDRESS's certificates (DNS CERT, then LDAP via SRV) and judge them against the anchors."""
     if as_json and as_pem:
         raise click.UsageError("--json and --pem cannot be combined")
+    if not anchor_paths and not bundle_sources:
+        raise click.UsageError(
+            "give at least one --anchor or --bundle: a discovered certificate is usable only when it chains to an "
+            "outgoing trust anchor (AS-20, CD-8)"
+        )
     try:
         recipient = DirectAddress.parse(address)
     except AddressError as exc:
@@ -166,7 +151,7 @@ def discover(
     try:
         anchors = _anchors(anchor_paths) + _bundles(bundle_sources, at, policy, timeout)
         dns = DnsClient(server, timeout=min(timeout, 2.0), lifetime=timeout, require_dnssec=require_dnssec)
-        trust: RecipientTrust = StaticAnchors(tuple(anchors)) if anchors else _NoAnchors()
+        trust: RecipientTrust = StaticAnchors(tuple(anchors))
         discovery = CertificateDiscovery(
             dns=dns, trust=trust, policy=policy, budget=max(30.0, 6 * timeout), fetch_timeout=timeout
         )

@@ -356,8 +356,9 @@ def test_cli_usage_errors_exit_2(world: World, tmp_path: Path, args: list[str]) 
     assert _cli(world, tmp_path, *args).exit_code == 2
 
 
-def test_cli_without_anchors_reports_untrusted(world: World) -> None:
+def test_cli_without_anchors_is_a_usage_error(world: World) -> None:
+    """Like `hisp cert validate`: nothing can be judged usable without a trust anchor (exit 2, as documented)."""
     server = f"{world.named.host}:{world.named.port}"
     result = CliRunner().invoke(main, ["discover", f"d1@{D1}", "--dns-server", server, "--at", AT.isoformat()])
-    assert result.exit_code == 1
-    assert "no trust anchors given" in result.stdout
+    assert result.exit_code == 2
+    assert "give at least one --anchor or --bundle" in result.output
