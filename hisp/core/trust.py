@@ -972,7 +972,8 @@ class TrustVerdict:
 
         Spec: AS-20 (explainable decisions).
         """
-        outcome = "TRUSTED" if self.trusted else f"NOT TRUSTED ({self.reason}): {self.failure}"
+        failure = (self.failure or "").removeprefix(f"{self.reason}: ")
+        outcome = "TRUSTED" if self.trusted else f"NOT TRUSTED ({self.reason}): {failure}"
         lines = [
             f"{outcome}",
             f"  {self.direction.value} at {self.at.isoformat()}"
@@ -981,9 +982,7 @@ class TrustVerdict:
         ]
         anchor_der = self.anchor.certificate.der if self.anchor is not None else None
         for depth, cert in enumerate(self.chain):
-            if depth == 0:
-                continue
-            role = "anchor" if cert.der == anchor_der else "issuer"
+            role = "leaf" if depth == 0 else "anchor" if cert.der == anchor_der else "issuer"
             lines.append(f"  {depth} {role}: {cert.describe()}, valid until {cert.not_after.isoformat()}")
         if self.anchor is not None:
             lines.append(f"  anchor reached: {self.anchor.certificate.subject} (from {self.anchor.source})")
