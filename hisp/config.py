@@ -342,7 +342,10 @@ def _trust(source: str, table: Mapping[str, Any], base: Path) -> TrustConfig:
             raise sub.error("name", f"must be unique and use letters, digits, '-', '_' or '.': {name!r}")
         names.add(name)
         url = sub.get("url", str)
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # e.g. a broken IPv6 literal
+            raise sub.error("url", f"must be an https:// (or http://) URL, not {url!r}") from None
         if parts.scheme not in ("https", "http") or not parts.netloc:
             raise sub.error("url", f"must be an https:// (or http://) URL, not {url!r}")
         refresh = sub.get("refresh", int, 3600)
@@ -412,6 +415,8 @@ class Passphrase:
             data = self.file.read_bytes()
         except OSError as exc:
             raise _error(self.source, self.config_key, f"cannot read {self.file}: {exc.strerror}") from None
+        except ValueError as exc:  # a NUL byte in the path
+            raise _error(self.source, self.config_key, f"cannot read {self.file}: {exc}") from None
         return data[:-1] if data.endswith(b"\n") else data
 
 
@@ -671,9 +676,9 @@ def _hosted_certificate(sub: _Reader, domain: HealthDomain, addresses: Sequence[
         raise sub.error("key", "a PKCS#12 file holds its key: drop key")
     path = file if file is not None else pkcs12
     assert path is not None
-    if not path.is_file():
+    if not _is_file(path):
         raise sub.error("file" if file is not None else "pkcs12", f"no such file: {path}")
-    if key is not None and not key.is_file():
+    if key is not None and not _is_file(key):
         raise sub.error("key", f"no such file: {key}")
     passphrase = _passphrase(sub)
     address = None
@@ -696,6 +701,13 @@ def _hosted_certificate(sub: _Reader, domain: HealthDomain, addresses: Sequence[
     if not config.pkcs12:
         config.certificate()  # parse and check the binding now; PKCS#12 needs its passphrase: checked when used
     return config
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long, permission denied on a directory on the way...
+        return False
 
 
 def _record(sub: _Reader, domain: HealthDomain, default_ttl: int) -> DnsRecordConfig:
@@ -777,6 +789,8 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}", file=source) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{source}: not valid TOML: arrays or tables nested too deeply", file=source) from None
     top = _Reader(source, document, "", base)
     trust_table = top.get("trust", dict, {})
     trust = _trust(source, trust_table, base)
@@ -796,11 +810,13 @@ def load_config(path: str | Path) -> Config:
 
     Spec: see :func:`parse_config`.
     """
-    file = Path(path).resolve()
     try:
+        file = Path(path).resolve()
         data = file.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}", file=str(path)) from None
+    except (RuntimeError, ValueError) as exc:  # a symlink loop (Python < 3.13), a NUL byte in the path
+        raise ConfigError(f"{path}: cannot read the configuration: {exc}", file=str(path)) from None
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: {len(data)} bytes is too large for a configuration file", file=str(path))
     try:

@@ -236,6 +236,10 @@ class BundleRefresher:
             return None
         if meta.get("digest") != bundle.digest or meta.get("url") != self.url:
             meta = {"url": self.url, "digest": bundle.digest}  # validators belong to other bytes
+        for key in ("etag", "last_modified"):  # a tampered validator must not reach a request header
+            value = meta.get(key)
+            if value is not None and not (isinstance(value, str) and value.isascii() and value.isprintable()):
+                del meta[key]
         self._meta = meta
         self._current = bundle
         return bundle

@@ -22,9 +22,11 @@ both cases; the split tells an operator whether to wait or to act.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +75,9 @@ class _Deadline:
         self.url = url
         self.verb = verb
 
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
     def left(self) -> float:
         remaining = self.end - time.monotonic()
         if remaining <= 0:
@@ -104,6 +109,26 @@ def _connection(
     if scheme == "https":
         return http.client.HTTPSConnection(host, port, timeout=timeout, context=context or ssl.create_default_context())
     return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+def _watchdog(conn: http.client.HTTPConnection, deadline: _Deadline) -> threading.Timer:
+    """Shut the connection's socket down when the budget runs out.
+
+    Socket timeouts bound each read, not a status line, header or chunk-size line read byte by byte: a
+    server trickling one byte per read would stretch those for ever. Shutting the socket down makes the
+    blocked read return at once; the caller then reports the budget as spent (:meth:`_Deadline.left`).
+    """
+
+    def expire() -> None:
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # socket.socket's shutdown, also under an SSLSocket
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, deadline.end - time.monotonic()), expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _set_timeout(conn: http.client.HTTPConnection, seconds: float) -> None:
@@ -140,6 +165,7 @@ def _read_body(
         _set_timeout(conn, deadline.left())
         chunk = response.read1(min(_CHUNK, max_bytes + 1 - received))
         if not chunk:
+            deadline.left()  # an end of body forced by the watchdog is no end of body
             break
         received += len(chunk)
         if received > max_bytes:
@@ -189,9 +215,10 @@ def fetch(
     :param content_type: the request's ``Content-Type`` for a POST, e.g. ``"application/ocsp-request"``.
     :param accept: the ``Accept`` request header, e.g. ``"application/pkix-crl"``.
     :returns: the result; ``status`` 304 with ``body`` None when the server says our copy is current.
-    :raises InputError: the URL is not http(s) or has no host, a redirect goes elsewhere or there are more
-        than :data:`MAX_REDIRECTS`, a 4xx other than 408/429, another unexpected status, a body larger than
-        ``max_bytes``, a bad ``Content-Length``, or a TLS certificate that does not verify.
+    :raises InputError: the URL is not http(s) or has no host, a redirect goes elsewhere or to an unusable
+        URL (broken, non-ASCII, a host name IDNA cannot encode), there are more than :data:`MAX_REDIRECTS`,
+        a 4xx other than 408/429, another unexpected status, a body larger than ``max_bytes``, a bad
+        ``Content-Length``, or a TLS certificate that does not verify.
     :raises DiscoveryUnavailable: the host cannot be resolved or reached, the connection fails, the
         budget runs out, the body is cut short, or the server answers 5xx, 408 or 429.
     :raises ValueError: ``timeout`` or ``max_bytes`` is not positive (a programming error).
@@ -213,7 +240,11 @@ def fetch(
             headers["If-None-Match"] = etag
         if last_modified is not None:
             headers["If-Modified-Since"] = last_modified
-        conn = _connection(scheme, host, port, deadline.left(), ssl_context)
+        try:
+            conn = _connection(scheme, host, port, deadline.left(), ssl_context)
+        except http.client.InvalidURL as exc:  # control characters in the host of a redirect
+            raise InputError(f"{verb} {current}: unusable URL: {exc}", url=current) from None
+        watchdog = _watchdog(conn, deadline)
         try:
             try:
                 conn.connect()
@@ -258,11 +289,22 @@ def fetch(
                     f"{verb} {current}: cannot resolve host: {exc.strerror}", url=current
                 ) from None
             except http.client.HTTPException as exc:
+                if deadline.expired():  # cut off by the watchdog: report the budget, not the broken answer
+                    raise DiscoveryUnavailable(
+                        f"{verb} {current}: no answer within {timeout:g} s", url=current
+                    ) from None
                 raise DiscoveryUnavailable(
                     f"{verb} {current}: bad or incomplete HTTP answer: {exc!r}", url=current
                 ) from None
             except OSError as exc:  # refused, reset, unreachable, TLS handshake failures
+                if deadline.expired():  # cut off by the watchdog
+                    raise DiscoveryUnavailable(
+                        f"{verb} {current}: no answer within {timeout:g} s", url=current
+                    ) from None
                 raise DiscoveryUnavailable(f"{verb} {current}: {exc.strerror or exc}", url=current) from None
+            except ValueError as exc:  # a redirect to a broken or non-ASCII URL, an IDNA-unencodable host...
+                raise InputError(f"{verb} {current}: unusable URL or header: {exc}", url=current) from None
         finally:
+            watchdog.cancel()
             conn.close()
     raise InputError(f"{verb} {url}: more than {MAX_REDIRECTS} redirects", url=url)
