@@ -1,0 +1,448 @@
+"""Relay to peer HISPs on aiosmtplib: MX lookup (dnspython), STARTTLS, per-recipient results.
+
+:class:`SmtpRelay` sends the exact bytes it is given (a sealed Direct message, CRLF line endings; aiosmtplib
+only adds dot-stuffing and the end-of-data line) to the mail exchangers of the recipients' domain, or to a
+configured smarthost:
+
+- MX lookup with :class:`MxResolver` (a configured DNS server, or the system's); no MX record -> the domain's
+  own A/AAAA records (implicit MX); a null MX or a domain that does not exist -> permanent; DNS failures ->
+  transient (RFC 5321 section 5.1, RFC 7505).
+- hosts tried in preference order (random among equal preferences); a host that cannot be reached, times out,
+  refuses the session (4xx/5xx greeting, EHLO or MAIL... before any RCPT reply) or lacks required TLS is
+  skipped for the next one.
+- STARTTLS whenever offered (RFC 3207); with ``require_tls`` a host that does not offer it is not sent to in
+  clear (transient: retried later, perhaps at another MX). Certificates are not verified unless a verifying
+  ``tls_context`` is given (opportunistic TLS, RFC 7435; Direct's security is the S/MIME layer).
+- per recipient: 2xx delivered; 4xx, connection failure, timeout -> :class:`~hisp.errors.TransientDeliveryError`;
+  5xx -> :class:`~hisp.errors.PermanentDeliveryError`; both carry the server's reply text.
+
+Spec: RFC 5321 sections 3.3, 4.2, 4.5.3.2 (timeouts) and 5.1; RFC 3207; RFC 7505; RFC 1870 (SIZE); AS-17.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+from hisp.core.smtp_policy import (
+    DeliveryOutcome,
+    MxHost,
+    RecipientResult,
+    classify_reply,
+    normalize_mailbox,
+    order_mx,
+)
+from hisp.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+
+__all__ = ["MxResolver", "MxRoute", "RelayResult", "SmtpRelay", "SmtpSession", "client_tls_context"]
+
+_log = logging.getLogger("hisp.relay")
+
+
+def client_tls_context(*, verify: bool = False, cafile: str | None = None) -> ssl.SSLContext:
+    """A client TLS context for STARTTLS: TLS 1.2 or later; certificates verified only when asked.
+
+    :param verify: verify the server's certificate and name (against ``cafile`` or the system's CAs).
+    :param cafile: PEM file of CA certificates to trust when verifying.
+    :returns: the context.
+    :raises ConfigError: ``cafile`` cannot be read.
+
+    Spec: RFC 3207 section 4.1; RFC 7435 (opportunistic security); RFC 8996.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if verify:
+        if cafile is not None:
+            try:
+                context.load_verify_locations(cafile=cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load CA file {cafile}: {exc}") from None
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass(frozen=True)
+class MxRoute:
+    """A host to connect to: its name (for TLS SNI and reports), its addresses and the port.
+
+    Spec: RFC 5321 section 5.1.
+    """
+
+    host: MxHost
+    addresses: tuple[str, ...]
+    port: int
+
+
+class MxResolver:
+    """MX and address lookups with dnspython's async resolver.
+
+    :param server: ``(ip, port)`` of the DNS server to ask; None uses the system's resolvers.
+    :param timeout: seconds per DNS query (retries included).
+    :param rng: random source for equal MX preferences (seeded in tests).
+    :raises ConfigError: ``server`` is not an IP address or the system configuration cannot be read.
+
+    Spec: RFC 5321 section 5.1; RFC 1035; RFC 3596; RFC 7505.
+    """
+
+    def __init__(
+        self, server: tuple[str, int] | None = None, *, timeout: float = 10.0, rng: random.Random | None = None
+    ) -> None:
+        if server is None:
+            try:
+                resolver = dns.asyncresolver.Resolver(configure=True)
+            except dns.exception.DNSException as exc:
+                raise ConfigError(f"cannot read the system resolver configuration: {exc}") from None
+        else:
+            try:
+                ipaddress.ip_address(server[0])
+            except ValueError:
+                raise ConfigError(f"the relay's DNS server must be an IP address, not {server[0]!r}") from None
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = [server[0]]
+            resolver.port = server[1]
+        resolver.lifetime = timeout
+        resolver.timeout = min(timeout, 3.0)
+        resolver.search = []
+        resolver.use_search_by_default = False
+        self._resolver = resolver
+        self._rng = rng
+
+    async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> list[object] | None:
+        """Records of ``name`` (empty for NODATA), or None for NXDOMAIN; failures raise transient."""
+        try:
+            answer = await self._resolver.resolve(
+                dns.name.from_text(name), rdtype, raise_on_no_answer=False, search=False
+            )
+        except dns.resolver.NXDOMAIN:
+            return None
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            raise TransientDeliveryError(f"DNS {dns.rdatatype.to_text(rdtype)} {name}: {exc}", name=name) from None
+        except dns.exception.DNSException as exc:
+            raise TransientDeliveryError(f"DNS {dns.rdatatype.to_text(rdtype)} {name}: {exc}", name=name) from None
+        return list(answer.rrset) if answer.rrset is not None else []
+
+    async def addresses(self, host: str) -> tuple[str, ...]:
+        """The IPv4 then IPv6 addresses of ``host`` (an IP literal is returned as is).
+
+        :param host: a host name.
+        :returns: the addresses; empty when there is none.
+        :raises TransientDeliveryError: DNS failed.
+        """
+        try:
+            return (str(ipaddress.ip_address(host)),)
+        except ValueError:
+            pass
+        found: list[str] = []
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            records = await self._query(host + ".", rdtype)
+            if records is None:
+                return ()
+            found.extend(str(getattr(rd, "address", "")) for rd in records)
+        return tuple(a for a in found if a)
+
+    async def routes(self, domain: str, port: int = 25) -> tuple[MxRoute, ...]:
+        """The hosts to try for ``domain`` with their addresses, in order.
+
+        Hosts without an address are left out (a lame MX); the caller tries the rest.
+
+        :param domain: the recipient domain.
+        :param port: the SMTP port of every host.
+        :returns: the routes, at least one.
+        :raises PermanentDeliveryError: the domain does not exist, publishes a null MX, or has no usable host.
+        :raises TransientDeliveryError: DNS failed.
+
+        Spec: RFC 5321 section 5.1 (MX, implicit MX); RFC 7505 (null MX).
+        """
+        records = await self._query(domain.rstrip(".") + ".", dns.rdatatype.MX)
+        if records is None:
+            raise PermanentDeliveryError(f"{domain}: no such domain (NXDOMAIN)", domain=domain, status="5.1.2")
+        mx = [(int(getattr(rd, "preference", 0)), str(getattr(rd, "exchange", ""))) for rd in records]
+        hosts = order_mx(domain, [(pref, "" if name == "." else name) for pref, name in mx], rng=self._rng)
+        routes: list[MxRoute] = []
+        for host in hosts:
+            addresses = await self.addresses(host.name)
+            if addresses:
+                routes.append(MxRoute(host, addresses, port))
+        if not routes:
+            raise PermanentDeliveryError(
+                f"{domain}: no mail exchanger with an address", domain=domain, status="5.1.2"
+            )
+        return tuple(routes)
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    """The outcome of one relay call.
+
+    :ivar results: one per recipient, in the order given.
+    :ivar attempts: for each host tried, ``"name[address]:port: what happened"``.
+
+    Spec: RFC 5321 section 4.2.1; RFC 3464 (the DSN reports per recipient).
+    """
+
+    results: tuple[RecipientResult, ...]
+    attempts: tuple[str, ...] = ()
+
+    @property
+    def delivered(self) -> tuple[str, ...]:
+        """Recipients delivered."""
+        return tuple(r.recipient for r in self.results if r.outcome is DeliveryOutcome.DELIVERED)
+
+    @property
+    def transient(self) -> tuple[RecipientResult, ...]:
+        """Recipients to retry."""
+        return tuple(r for r in self.results if r.outcome is DeliveryOutcome.TRANSIENT)
+
+    @property
+    def permanent(self) -> tuple[RecipientResult, ...]:
+        """Recipients to bounce."""
+        return tuple(r for r in self.results if r.outcome is DeliveryOutcome.PERMANENT)
+
+
+def _error(code: int, text: str, *, recipient: str, host: str) -> TransientDeliveryError | PermanentDeliveryError:
+    outcome = classify_reply(code)
+    cls = TransientDeliveryError if outcome is DeliveryOutcome.TRANSIENT else PermanentDeliveryError
+    return cls(f"{host} said: {code} {text}", recipient=recipient, host=host, code=code, reply=f"{code} {text}")
+
+
+class _SessionFailure(Exception):
+    """The session with one host failed before any recipient was answered."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SmtpSession:
+    """How to talk to one SMTP server (shared by the relay and edge delivery).
+
+    :ivar local_hostname: our EHLO name.
+    :ivar require_tls: never send in clear: a server that does not offer STARTTLS is refused.
+    :ivar use_tls: use STARTTLS when the server offers it.
+    :ivar tls_context: the client TLS context (see :func:`client_tls_context`).
+    :ivar timeout: seconds for the connection and for each command's reply (the DATA reply included).
+
+    Spec: RFC 5321 section 4.5.3.2; RFC 3207.
+    """
+
+    local_hostname: str = "localhost"
+    require_tls: bool = False
+    use_tls: bool = True
+    tls_context: ssl.SSLContext | None = None
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ConfigError("SMTP client timeout must be positive")
+        if self.require_tls and not self.use_tls:
+            raise ConfigError("require_tls needs use_tls")
+
+    async def send(
+        self,
+        address: str,
+        port: int,
+        server_name: str,
+        mail_from: str,
+        recipients: Sequence[str],
+        raw: bytes,
+    ) -> tuple[RecipientResult, ...]:
+        """One SMTP transaction: per-recipient results; a session-level failure raises ``_SessionFailure``.
+
+        :param address: IP address (or host) to connect to.
+        :param port: the port.
+        :param server_name: the host's name (TLS SNI, reports).
+        :param mail_from: reverse-path (``""`` for the null one).
+        :param recipients: forward-paths.
+        :param raw: the message, CRLF line endings.
+        :returns: one result per recipient.
+        :raises _SessionFailure: nothing was answered per recipient (connect, greeting, EHLO, TLS, MAIL).
+        """
+        label = f"{server_name}[{address}]:{port}"
+        client = aiosmtplib.SMTP(
+            hostname=address, port=port, local_hostname=self.local_hostname, timeout=self.timeout,
+            start_tls=False, use_tls=False,
+        )
+        try:
+            try:
+                await client.connect()
+            except aiosmtplib.SMTPConnectResponseError as exc:
+                raise _SessionFailure(f"{label}: greeting {exc.code} {exc.message}", exc.code) from None
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                raise _SessionFailure(f"{label}: cannot connect: {exc}") from None
+            try:
+                await client.ehlo()
+                if self.use_tls and client.supports_extension("starttls"):
+                    context = self.tls_context or client_tls_context()
+                    await client.starttls(server_hostname=server_name, tls_context=context)
+                    await client.ehlo()
+                elif self.require_tls:
+                    raise _SessionFailure(f"{label}: TLS is required but the server does not offer STARTTLS")
+                options = []
+                if client.supports_extension("size"):
+                    options.append(f"SIZE={len(raw)}")
+                if client.supports_extension("8bitmime") and any(b > 0x7F for b in raw):
+                    options.append("BODY=8BITMIME")
+                await client.mail(mail_from, options=options)
+            except aiosmtplib.SMTPResponseException as exc:
+                raise _SessionFailure(f"{label}: {exc.code} {exc.message}", exc.code) from None
+            except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+                raise _SessionFailure(f"{label}: {type(exc).__name__}: {exc}") from None
+            return await self._recipients_and_data(client, label, recipients, raw)
+        finally:
+            if client.is_connected:
+                try:
+                    await client.quit(timeout=min(self.timeout, 5.0))
+                except (aiosmtplib.SMTPException, OSError):
+                    client.close()
+
+    async def _recipients_and_data(
+        self, client: aiosmtplib.SMTP, label: str, recipients: Sequence[str], raw: bytes
+    ) -> tuple[RecipientResult, ...]:
+        results: dict[str, RecipientResult] = {}
+        accepted: list[str] = []
+        try:
+            for rcpt in recipients:
+                try:
+                    await client.rcpt(rcpt)
+                    accepted.append(rcpt)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    results[rcpt] = RecipientResult(
+                        rcpt, _error(exc.code, exc.message, recipient=rcpt, host=label), f"{exc.code} {exc.message}",
+                        label,
+                    )
+            if accepted:
+                try:
+                    response = await client.data(raw)
+                    reply = f"{response.code} {response.message}"
+                    for rcpt in accepted:
+                        results[rcpt] = RecipientResult(rcpt, None, reply, label)
+                except aiosmtplib.SMTPResponseException as exc:
+                    for rcpt in accepted:
+                        results[rcpt] = RecipientResult(
+                            rcpt, _error(exc.code, exc.message, recipient=rcpt, host=label),
+                            f"{exc.code} {exc.message}", label,
+                        )
+            else:
+                await client.rset()
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            # Lost or timed out mid-transaction: whatever has no final answer is transient (RFC 5321 section 6.1:
+            # a lost DATA reply may mean a duplicate later, never a loss).
+            text = f"{label}: {type(exc).__name__}: {exc}"
+            for rcpt in recipients:
+                if rcpt not in results:
+                    results[rcpt] = RecipientResult(rcpt, TransientDeliveryError(text, recipient=rcpt), text, label)
+        return tuple(results[r] for r in recipients)
+
+
+class SmtpRelay:
+    """Relays sealed messages to peer HISPs.
+
+    :param resolver: the MX resolver (None: the system's resolvers); not used with a smarthost.
+    :param smarthost: ``(host, port)`` to send everything to instead of the MX hosts.
+    :param port: the SMTP port of MX hosts (25; tests use a loopback port).
+    :param session: how to talk SMTP (TLS, timeouts, EHLO name).
+    :param max_hosts: MX hosts tried per domain and call.
+
+    Spec: RFC 5321 section 5.1; RFC 3207; AS-17 (the sealed bytes leave unchanged).
+    """
+
+    def __init__(
+        self,
+        *,
+        resolver: MxResolver | None = None,
+        smarthost: tuple[str, int] | None = None,
+        port: int = 25,
+        session: SmtpSession | None = None,
+        max_hosts: int = 5,
+    ) -> None:
+        if max_hosts < 1:
+            raise ConfigError("relay: max_hosts must be at least 1")
+        self._resolver = resolver
+        self.smarthost = smarthost
+        self.port = port
+        self.session = session or SmtpSession()
+        self.max_hosts = max_hosts
+
+    async def _routes(self, domain: str) -> tuple[MxRoute, ...]:
+        if self.smarthost is not None:
+            host, port = self.smarthost
+            if self._resolver is None:
+                addresses: tuple[str, ...] = (host,)
+            else:
+                addresses = await self._resolver.addresses(host) or (host,)
+            return (MxRoute(MxHost(host, 0), addresses, port),)
+        if self._resolver is None:
+            self._resolver = MxResolver()
+        return await self._resolver.routes(domain, self.port)
+
+    async def relay(self, mail_from: str, recipients: Sequence[str], raw: bytes) -> RelayResult:
+        """Send ``raw`` to ``recipients`` (any domains; one session per domain and host).
+
+        :param mail_from: the reverse-path (``""`` for the null one, e.g. a DSN).
+        :param recipients: the forward-paths.
+        :param raw: the sealed message, CRLF line endings, exactly as it is to arrive.
+        :returns: one result per recipient (delivered, transient or permanent, with the reply text).
+        :raises ValueError: no recipients.
+
+        Spec: RFC 5321 sections 3.3, 4.2.1, 5.1; RFC 3207; RFC 7505.
+        """
+        if not recipients:
+            raise ValueError("relay needs at least one recipient")
+        by_domain: dict[str, list[str]] = {}
+        for rcpt in recipients:
+            by_domain.setdefault(normalize_mailbox(rcpt).rpartition("@")[2], []).append(rcpt)
+        results: dict[str, RecipientResult] = {}
+        attempts: list[str] = []
+        for domain, rcpts in by_domain.items():
+            for result in await self._relay_domain(domain, mail_from, rcpts, raw, attempts):
+                results[result.recipient] = result
+        return RelayResult(tuple(results[r] for r in recipients), tuple(attempts))
+
+    async def _relay_domain(
+        self, domain: str, mail_from: str, recipients: list[str], raw: bytes, attempts: list[str]
+    ) -> tuple[RecipientResult, ...]:
+        try:
+            routes = await self._routes(domain)
+        except (TransientDeliveryError, PermanentDeliveryError) as exc:
+            attempts.append(f"{domain}: {exc.message}")
+            return tuple(RecipientResult(r, exc, exc.message) for r in recipients)
+        last: TransientDeliveryError | PermanentDeliveryError | None = None
+        tried = 0
+        for route in routes:
+            for address in route.addresses:
+                if tried >= self.max_hosts:
+                    break
+                tried += 1
+                try:
+                    results = await self.session.send(
+                        address, route.port, route.host.name, mail_from, recipients, raw
+                    )
+                except _SessionFailure as failure:
+                    attempts.append(failure.reason)
+                    _log.info("relay to %s: %s", domain, failure.reason)
+                    if failure.code is not None and classify_reply(failure.code) is DeliveryOutcome.PERMANENT:
+                        last = PermanentDeliveryError(failure.reason, domain=domain, code=failure.code)
+                        # RFC 5321 section 4.2.1: 5yz is permanent; another MX of the same domain would say so too.
+                        return tuple(RecipientResult(r, last, failure.reason) for r in recipients)
+                    last = TransientDeliveryError(failure.reason, domain=domain)
+                    continue
+                attempts.append(f"{route.host.name}[{address}]:{route.port}: session completed")
+                return results
+        if last is None:
+            last = TransientDeliveryError(f"{domain}: no mail exchanger could be tried", domain=domain)
+        return tuple(RecipientResult(r, last, last.message) for r in recipients)

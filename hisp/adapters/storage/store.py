@@ -1,0 +1,770 @@
+"""The message store, queue and audit log on SQLAlchemy: :class:`SqlStore`.
+
+One class implements :class:`hisp.ports.MessageStore`, :class:`hisp.ports.Queue` and
+:class:`hisp.ports.AuditLog` over the tables of :mod:`hisp.adapters.storage.models`.
+
+Where the bytes go (decided here): a message of at most ``inline_max`` bytes (default 64 KiB), or any message
+when there is no spool directory, is stored in the ``messages.content`` column, committed in the same
+transaction as its recipients; a larger one is written to a spool file first (fsynced, then its directory
+fsynced) and the row stores its relative path and SHA-256. Small messages then cost one durable commit and no
+file; large ones keep the database small. Several nodes sharing one PostgreSQL database must either share the
+spool directory or run without one (every body in the database), since any node may finish another's work.
+
+Durability: :meth:`SqlStore.enqueue` returns only after the spool file (if any) is fsynced and the transaction
+is committed (SQLite ``synchronous=FULL`` in WAL mode; PostgreSQL's default ``synchronous_commit=on``), so the
+caller may then answer 250.
+
+Claims: :meth:`SqlStore.claim` selects due recipients with ``FOR UPDATE OF recipients SKIP LOCKED`` on
+PostgreSQL; on SQLite the same statement runs inside ``BEGIN IMMEDIATE`` (one writer at a time), so the read
+and the update are atomic. A claim carries a random token: after its lease expires another node may reclaim the
+recipient, and the first node's later calls then fail with :class:`~hisp.errors.StorageError` instead of
+ending work it no longer owns. A claim whose lease expired but that nobody reclaimed yet is still honoured.
+
+Every state change goes through :func:`hisp.adapters.storage.states.check_transition`. No method reads a clock:
+every time is a ``now`` argument (aware datetime).
+
+Spec: DESIGN.md sections 1 and 3, issue 5 ("Durable queue and pipeline", "Audit").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, and_, exists, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hisp.adapters.storage.engine import open_engine
+from hisp.adapters.storage.migrate import upgrade
+from hisp.adapters.storage.models import AuditEventRow, DeliveryAttemptRow, MessageRow, NotificationRow, RecipientRow
+from hisp.adapters.storage.spool import Spool
+from hisp.adapters.storage.states import check_transition
+from hisp.errors import HispError, StorageError
+from hisp.ports import (
+    AuditEvent,
+    AuditKind,
+    AuditLog,
+    AuditRecord,
+    DeliveryAttempt,
+    Direction,
+    Envelope,
+    Job,
+    MessageDetail,
+    MessageStore,
+    Notification,
+    NotificationKind,
+    NotificationStatus,
+    Queue,
+    RecipientState,
+    RecipientStatus,
+    StoredMessage,
+)
+
+__all__ = ["DEFAULT_INLINE_MAX", "SqlStore"]
+
+#: Bodies up to this many bytes are kept in the database even when there is a spool directory.
+DEFAULT_INLINE_MAX = 64 * 1024
+
+#: Longest lease a claim may ask for, in seconds: a dead node's work must come back within a day.
+MAX_LEASE_SECONDS = 86_400.0
+
+_NO_RECORD = AuditRecord()
+
+
+def _aware(now: datetime, name: str = "now") -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise StorageError(f"{name} must be an aware datetime (UTC), got a naive one", value=now.isoformat())
+    return now
+
+
+def _recipient_status(row: RecipientRow) -> RecipientStatus:
+    return RecipientStatus(
+        id=row.id,
+        address=row.address,
+        state=RecipientState(row.state),
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        claimed_by=row.claimed_by,
+        lease_until=row.lease_until,
+        last_reply=row.last_reply,
+        updated_at=row.updated_at,
+    )
+
+
+def _stored(row: MessageRow, recipients: Sequence[RecipientRow]) -> StoredMessage:
+    return StoredMessage(
+        id=row.id,
+        direction=Direction(row.direction),
+        mail_from=row.mail_from,
+        header_message_id=row.header_message_id,
+        size=row.size,
+        sha256=row.sha256,
+        received_at=row.received_at,
+        spooled=row.spool_path is not None,
+        recipients=tuple(_recipient_status(r) for r in sorted(recipients, key=lambda r: r.id)),
+    )
+
+
+def _event(row: AuditEventRow) -> AuditEvent:
+    return AuditEvent(
+        seq=row.seq,
+        at=row.at,
+        kind=AuditKind(row.kind),
+        node=row.node,
+        message_id=row.message_id,
+        header_message_id=row.header_message_id,
+        mail_from=row.mail_from,
+        recipients=tuple(row.recipients),
+        fingerprints=tuple(row.fingerprints),
+        verdict=row.verdict,
+        reason=row.reason,
+        remote=row.remote,
+    )
+
+
+def _notification(row: NotificationRow) -> Notification:
+    return Notification(
+        id=row.id,
+        kind=NotificationKind(row.kind),
+        message_id=row.message_id,
+        recipient_id=row.recipient_id,
+        address=row.address,
+        status=NotificationStatus(row.status),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        detail=row.detail,
+    )
+
+
+def _audit_row(
+    kind: AuditKind,
+    now: datetime,
+    *,
+    node: str,
+    message_id: str | None,
+    header_message_id: str | None,
+    record: AuditRecord,
+    mail_from: str | None = None,
+    recipients: Sequence[str] = (),
+) -> AuditEventRow:
+    return AuditEventRow(
+        at=now,
+        kind=kind.value,
+        node=node,
+        message_id=message_id,
+        header_message_id=header_message_id,
+        mail_from=record.mail_from if record.mail_from is not None else mail_from,
+        recipients=list(record.recipients or recipients),
+        fingerprints=list(record.fingerprints),
+        verdict=record.verdict,
+        reason=record.reason,
+        remote=record.remote,
+    )
+
+
+def _move(row: RecipientRow, new: RecipientState, now: datetime) -> None:
+    """The one place where a recipient's state is written (after :func:`check_transition`)."""
+    check_transition(RecipientState(row.state), new)
+    row.state = new.value
+    row.updated_at = now
+
+
+class SqlStore(MessageStore, Queue, AuditLog):
+    """Message store, per-recipient queue and audit log on one SQLAlchemy engine.
+
+    :param engine: from :func:`~hisp.adapters.storage.engine.open_engine`, at the newest migration
+        (see :meth:`open`).
+    :param spool_dir: where bodies larger than ``inline_max`` go; ``None`` keeps every body in the database.
+    :param inline_max: the largest body kept in the database when there is a spool directory, in bytes.
+    :raises StorageError: the spool directory cannot be created, or ``inline_max`` is negative.
+
+    Thread-safe: every method uses its own session and transaction.
+
+    Spec: DESIGN.md sections 1 and 3, issue 5.
+    """
+
+    def __init__(self, engine: Engine, *, spool_dir: Path | None = None, inline_max: int = DEFAULT_INLINE_MAX) -> None:
+        if inline_max < 0:
+            raise StorageError("inline_max must be >= 0", inline_max=inline_max)
+        self.engine = engine
+        self.spool = Spool(spool_dir) if spool_dir is not None else None
+        self.inline_max = inline_max
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(
+        cls, url: str, *, spool_dir: Path | None = None, inline_max: int = DEFAULT_INLINE_MAX, migrate: bool = True
+    ) -> SqlStore:
+        """Open the store at a storage URL, migrating it to the newest schema first (by default).
+
+        :param url: ``sqlite:///FILE`` or ``postgresql+psycopg://...``.
+        :param spool_dir: see the class.
+        :param inline_max: see the class.
+        :param migrate: run :func:`~hisp.adapters.storage.migrate.upgrade` first.
+        :returns: the store; :meth:`close` it when done.
+        :raises ConfigError: the URL is not usable.
+        :raises StorageError: the database cannot be reached or migrated, or the spool cannot be created.
+        """
+        engine = open_engine(url)
+        try:
+            if migrate:
+                upgrade(engine)
+            return cls(engine, spool_dir=spool_dir, inline_max=inline_max)
+        except HispError:
+            engine.dispose()
+            raise
+
+    def close(self) -> None:
+        """Close the engine's pooled connections."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[Session]:
+        """A session in a transaction, committed on success; database failures become StorageError."""
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except HispError:
+            raise
+        except (SQLAlchemyError, ValueError) as exc:
+            raise StorageError(f"{what} failed: {exc.__class__.__name__}: {exc}") from exc
+
+    # MessageStore --------------------------------------------------------------------------------------------
+
+    def enqueue(
+        self, envelope: Envelope, raw: bytes, *, now: datetime, node: str = "", audit: AuditRecord | None = None
+    ) -> StoredMessage:
+        """Store a message and queue each recipient; durable when it returns, so the caller may reply 250.
+
+        Order: body to the spool (file fsynced, directory fsynced) if large, then one transaction with the
+        message, its recipients (``queued``, due at ``now``) and the ``accept`` audit event, committed durably.
+
+        :param envelope: the envelope; at least one recipient; duplicate addresses are stored once.
+        :param raw: the message exactly as received.
+        :param now: the time of acceptance.
+        :param node: the accepting node, recorded with the message and the audit event.
+        :param audit: evidence for the ``accept`` audit event (verdict, fingerprints, remote peer).
+        :returns: the stored message, every recipient ``queued``.
+        :raises StorageError: no recipient, a naive ``now``, or nothing could be stored (no row is left; a
+            spool file already written is removed).
+
+        Spec: DESIGN.md section 1 ("a message answered 250 is on disk first").
+        """
+        _aware(now)
+        addresses = list(dict.fromkeys(envelope.recipients))
+        if not addresses:
+            raise StorageError("a message needs at least one recipient")
+        message_id = uuid.uuid4().hex
+        digest = hashlib.sha256(raw).hexdigest()
+        spool_path = None
+        if self.spool is not None and len(raw) > self.inline_max:
+            spool_path = self.spool.write(message_id, raw)
+        message = MessageRow(
+            id=message_id,
+            direction=envelope.direction.value,
+            mail_from=envelope.mail_from,
+            header_message_id=envelope.message_id,
+            size=len(raw),
+            sha256=digest,
+            received_at=now,
+            node=node,
+            spool_path=spool_path,
+            content=None if spool_path is not None else bytes(raw),
+        )
+        recipients = [
+            RecipientRow(
+                message_id=message_id,
+                address=address,
+                state=RecipientState.QUEUED.value,
+                attempts=0,
+                next_attempt_at=now,
+                last_reply="",
+                updated_at=now,
+            )
+            for address in addresses
+        ]
+        accept = _audit_row(
+            AuditKind.ACCEPT,
+            now,
+            node=node,
+            message_id=message_id,
+            header_message_id=envelope.message_id,
+            record=audit or _NO_RECORD,
+            mail_from=envelope.mail_from,
+            recipients=addresses,
+        )
+        try:
+            with self._tx("enqueue") as session:
+                session.add(message)
+                session.flush()
+                session.add_all(recipients)
+                session.add(accept)
+        except StorageError:
+            if spool_path is not None and self.spool is not None:
+                self.spool.discard(spool_path)
+            raise
+        return _stored(message, recipients)
+
+    def raw(self, message_id: str) -> bytes:
+        """The message's bytes as received, checked against the stored SHA-256.
+
+        :param message_id: the queue id.
+        :returns: the bytes.
+        :raises StorageError: unknown message, no spool directory configured for a spooled body, unreadable
+            spool file, or a digest mismatch.
+        """
+        with self._tx("read message") as session:
+            row = session.get(MessageRow, message_id)
+            if row is None:
+                raise StorageError(f"no message {message_id}", message_id=message_id)
+            content, spool_path, digest = row.content, row.spool_path, row.sha256
+        if spool_path is not None:
+            if self.spool is None:
+                raise StorageError("message body is spooled but no spool directory is configured", path=spool_path)
+            return self.spool.read(spool_path, digest)
+        assert content is not None  # the one_body check constraint
+        if hashlib.sha256(content).hexdigest() != digest:
+            raise StorageError(f"message {message_id} does not match its SHA-256", message_id=message_id)
+        return content
+
+    def _recipients_of(self, session: Session, message_ids: Sequence[str]) -> dict[str, list[RecipientRow]]:
+        grouped: dict[str, list[RecipientRow]] = {mid: [] for mid in message_ids}
+        if message_ids:
+            rows = session.scalars(select(RecipientRow).where(RecipientRow.message_id.in_(message_ids)))
+            for row in rows:
+                grouped[row.message_id].append(row)
+        return grouped
+
+    def list_messages(
+        self, *, state: RecipientState | None = None, direction: Direction | None = None, limit: int = 100
+    ) -> list[StoredMessage]:
+        """Messages, newest first; with ``state``, those with at least one recipient in that state.
+
+        Backs ``hisp messages list [--state STATE]``.
+
+        :param state: keep messages having a recipient in this state.
+        :param direction: keep messages of this direction.
+        :param limit: at most this many messages.
+        :returns: the messages with their recipients.
+        :raises StorageError: ``limit`` < 1, or the database failed.
+
+        Spec: issue 5 ("hisp messages list [--state ...]").
+        """
+        if limit < 1:
+            raise StorageError("limit must be >= 1", limit=limit)
+        query = select(MessageRow).order_by(MessageRow.received_at.desc(), MessageRow.id).limit(limit)
+        if state is not None:
+            query = query.where(
+                exists().where(RecipientRow.message_id == MessageRow.id, RecipientRow.state == state.value)
+            )
+        if direction is not None:
+            query = query.where(MessageRow.direction == direction.value)
+        with self._tx("list messages") as session:
+            messages = list(session.scalars(query))
+            grouped = self._recipients_of(session, [m.id for m in messages])
+            return [_stored(m, grouped[m.id]) for m in messages]
+
+    def show(self, key: str) -> MessageDetail:
+        """One message by queue id, or by ``Message-ID`` header (with or without angle brackets; the newest such),
+        with its delivery attempts, audit events and notifications.
+
+        :param key: a queue id or a Message-ID.
+        :returns: the detail.
+        :raises StorageError: no such message, or the database failed.
+
+        Spec: issue 5 ("hisp messages show MESSAGE-ID").
+        """
+        key = key.strip()
+        candidates = [key, key.strip("<>"), f"<{key.strip('<>')}>"]
+        with self._tx("show message") as session:
+            message = session.get(MessageRow, key)
+            if message is None:
+                message = session.scalars(
+                    select(MessageRow)
+                    .where(MessageRow.header_message_id.in_(candidates))
+                    .order_by(MessageRow.received_at.desc(), MessageRow.id)
+                    .limit(1)
+                ).first()
+            if message is None:
+                raise StorageError(f"no message {key}", key=key)
+            recipients = self._recipients_of(session, [message.id])[message.id]
+            addresses = {r.id: r.address for r in recipients}
+            attempts = session.scalars(
+                select(DeliveryAttemptRow).where(DeliveryAttemptRow.message_id == message.id).order_by(
+                    DeliveryAttemptRow.id
+                )
+            )
+            events = session.scalars(
+                select(AuditEventRow).where(AuditEventRow.message_id == message.id).order_by(AuditEventRow.seq)
+            )
+            notes = session.scalars(
+                select(NotificationRow).where(NotificationRow.message_id == message.id).order_by(NotificationRow.id)
+            )
+            return MessageDetail(
+                message=_stored(message, recipients),
+                attempts=tuple(
+                    DeliveryAttempt(
+                        recipient_id=a.recipient_id,
+                        address=addresses[a.recipient_id],
+                        at=a.at,
+                        node=a.node,
+                        attempt=a.attempt,
+                        result=RecipientState(a.result),
+                        target=a.target,
+                        reply=a.reply,
+                        next_attempt_at=a.next_attempt_at,
+                    )
+                    for a in attempts
+                ),
+                events=tuple(_event(e) for e in events),
+                notifications=tuple(_notification(n) for n in notes),
+            )
+
+    def spool_orphans(self) -> list[str]:
+        """Spool files that no message names: left by a crash between the spool write and the commit (the
+        sender got no 250 for them). Safe to delete once no enqueue is running.
+
+        :returns: relative spool paths.
+        :raises StorageError: the database failed.
+        """
+        if self.spool is None:
+            return []
+        files = list(self.spool.files())
+        with self._tx("list spool files") as session:
+            known = set(session.scalars(select(MessageRow.spool_path).where(MessageRow.spool_path.in_(files))))
+        return [f for f in files if f not in known]
+
+    # Queue ---------------------------------------------------------------------------------------------------
+
+    def claim(self, node: str, now: datetime, lease_seconds: float, limit: int) -> list[Job]:
+        """Claim up to ``limit`` due recipients for ``node`` until ``now + lease_seconds``.
+
+        Due means ``queued`` with ``next_attempt_at <= now``, or ``in_flight`` with ``lease_until <= now``
+        (reclaimed: its node vanished; the lost attempt is recorded). Oldest due first. Each claim counts as an
+        attempt and gets a fresh claim token.
+
+        :param node: the claiming node's name (non-empty).
+        :param now: the current time.
+        :param lease_seconds: the lease, ``0 < lease_seconds <= 86400``.
+        :param limit: at most this many recipients, ``>= 1``.
+        :returns: the claimed jobs, possibly none.
+        :raises StorageError: bad arguments, or the database failed (nothing is claimed).
+
+        Spec: DESIGN.md section 3 ("the queue claims work with SELECT ... FOR UPDATE SKIP LOCKED").
+        """
+        _aware(now)
+        if not node:
+            raise StorageError("claim needs a node name")
+        if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
+            raise StorageError("lease_seconds out of range", lease_seconds=lease_seconds)
+        if limit < 1:
+            raise StorageError("limit must be >= 1", limit=limit)
+        lease_until = now + timedelta(seconds=lease_seconds)
+        due = or_(
+            and_(RecipientRow.state == RecipientState.QUEUED.value, RecipientRow.next_attempt_at <= now),
+            and_(RecipientRow.state == RecipientState.IN_FLIGHT.value, RecipientRow.lease_until <= now),
+        )
+        query = (
+            select(RecipientRow, MessageRow.direction, MessageRow.mail_from, MessageRow.received_at)
+            .join(MessageRow, MessageRow.id == RecipientRow.message_id)
+            .where(due)
+            .order_by(RecipientRow.next_attempt_at, RecipientRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=RecipientRow)
+        )
+        jobs: list[Job] = []
+        with self._tx("claim") as session:
+            for row, direction, mail_from, received_at in session.execute(query):
+                if row.state == RecipientState.IN_FLIGHT.value:
+                    session.add(
+                        DeliveryAttemptRow(
+                            recipient_id=row.id,
+                            message_id=row.message_id,
+                            at=now,
+                            node=row.claimed_by or "",
+                            attempt=row.attempts,
+                            result=RecipientState.QUEUED.value,
+                            target="",
+                            reply=f"lease expired at {row.lease_until}; reclaimed by {node}",
+                            next_attempt_at=now,
+                        )
+                    )
+                _move(row, RecipientState.IN_FLIGHT, now)
+                row.attempts += 1
+                row.claimed_by = node
+                row.claim_token = uuid.uuid4().hex
+                row.lease_until = lease_until
+                jobs.append(
+                    Job(
+                        recipient_id=row.id,
+                        message_id=row.message_id,
+                        address=row.address,
+                        direction=Direction(direction),
+                        mail_from=mail_from,
+                        received_at=received_at,
+                        attempt=row.attempts,
+                        node=node,
+                        claim_token=row.claim_token,
+                        lease_until=lease_until,
+                    )
+                )
+        return jobs
+
+    def _held(self, session: Session, job: Job) -> RecipientRow:
+        """The job's recipient row, locked, if the job's claim still holds it."""
+        row = session.scalars(
+            select(RecipientRow).where(RecipientRow.id == job.recipient_id).with_for_update()
+        ).one_or_none()
+        if row is None:
+            raise StorageError(f"no recipient {job.recipient_id}", recipient_id=job.recipient_id)
+        if row.claim_token != job.claim_token:
+            raise StorageError(
+                f"claim on {job.address} of {job.message_id} was lost (state {row.state}, held by {row.claimed_by})",
+                recipient_id=job.recipient_id,
+                state=row.state,
+                claimed_by=row.claimed_by,
+            )
+        return row
+
+    @staticmethod
+    def _header_id(session: Session, message_id: str) -> str | None:
+        return session.scalar(select(MessageRow.header_message_id).where(MessageRow.id == message_id))
+
+    def _end(
+        self,
+        session: Session,
+        job: Job,
+        row: RecipientRow,
+        new: RecipientState,
+        now: datetime,
+        *,
+        target: str,
+        reply: str,
+        next_at: datetime | None = None,
+    ) -> None:
+        _move(row, new, now)
+        row.claimed_by = None
+        row.claim_token = None
+        row.lease_until = None
+        row.next_attempt_at = next_at
+        row.last_reply = reply
+        session.add(
+            DeliveryAttemptRow(
+                recipient_id=row.id,
+                message_id=row.message_id,
+                at=now,
+                node=job.node,
+                attempt=job.attempt,
+                result=new.value,
+                target=target,
+                reply=reply,
+                next_attempt_at=next_at,
+            )
+        )
+
+    def renew(self, job: Job, now: datetime, lease_seconds: float) -> Job:
+        """Extend the lease of a claim still held, to ``now + lease_seconds``.
+
+        :param job: the claim.
+        :param now: the current time.
+        :param lease_seconds: the new lease from ``now``, ``0 < lease_seconds <= 86400``.
+        :returns: the job with its new ``lease_until``.
+        :raises StorageError: the claim was lost, the lease is out of range, or the database failed.
+        """
+        _aware(now)
+        if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
+            raise StorageError("lease_seconds out of range", lease_seconds=lease_seconds)
+        lease_until = now + timedelta(seconds=lease_seconds)
+        with self._tx("renew") as session:
+            row = self._held(session, job)
+            _move(row, RecipientState.IN_FLIGHT, now)
+            row.lease_until = lease_until
+        return replace(job, lease_until=lease_until)
+
+    def complete(self, job: Job, now: datetime, *, target: str, reply: str, audit: AuditRecord | None = None) -> None:
+        """The recipient was relayed (outgoing) or delivered (incoming): it leaves the queue ``delivered``.
+
+        Appends a ``relay`` (outgoing) or ``deliver`` (incoming) audit event in the same transaction.
+
+        :param job: the claim.
+        :param now: the current time.
+        :param target: where it went, e.g. ``"smtp://mx.hospital.example:25"`` or ``"maildir:/srv/ehr"``.
+        :param reply: the final SMTP reply or the delivery result, one line.
+        :param audit: evidence for the audit event (fingerprints, verdict).
+        :raises StorageError: the claim was lost, or the database failed.
+
+        Spec: issue 5 ("Audit: every ... relay, delivery ... is an event").
+        """
+        _aware(now)
+        kind = AuditKind.RELAY if job.direction is Direction.OUTGOING else AuditKind.DELIVER
+        with self._tx("complete") as session:
+            row = self._held(session, job)
+            self._end(session, job, row, RecipientState.DELIVERED, now, target=target, reply=reply)
+            record = audit or AuditRecord(reason=reply)
+            session.add(
+                _audit_row(
+                    kind, now, node=job.node, message_id=job.message_id,
+                    header_message_id=self._header_id(session, job.message_id), record=record,
+                    mail_from=job.mail_from, recipients=(job.address,),
+                )
+            )
+
+    def retry_later(self, job: Job, now: datetime, next_at: datetime, *, target: str, reply: str) -> None:
+        """A transient failure: the recipient is ``queued`` again, due at ``next_at``.
+
+        Also the way to hand a claim back unfinished (``next_at=now``, e.g. at shutdown).
+
+        :param job: the claim.
+        :param now: the current time.
+        :param next_at: when to try again, ``>= now`` (see :meth:`hisp.ports.RetrySchedule.next_attempt_at`).
+        :param target: where delivery was tried.
+        :param reply: the 4xx reply or the connection error, one line.
+        :raises StorageError: ``next_at`` before ``now``, the claim was lost, or the database failed.
+
+        Spec: issue 5 ("retries on 4xx and connection failures with exponential backoff").
+        """
+        _aware(now)
+        _aware(next_at, "next_at")
+        if next_at < now:
+            raise StorageError("next_at is before now", now=now.isoformat(), next_at=next_at.isoformat())
+        with self._tx("retry later") as session:
+            row = self._held(session, job)
+            self._end(session, job, row, RecipientState.QUEUED, now, target=target, reply=reply, next_at=next_at)
+
+    def bounce(
+        self, job: Job, now: datetime, reason: str, *, target: str = "", reply: str = "",
+        audit: AuditRecord | None = None,
+    ) -> RecipientState:
+        """A permanent failure: the recipient leaves the queue.
+
+        With a reverse-path it ends ``bounced`` and a pending DSN notification row is added for the sender;
+        with the null reverse-path (a bounce or MDN itself) it ends ``failed`` and no DSN is owed. Either way a
+        ``bounce`` audit event with ``reason`` is appended in the same transaction.
+
+        :param job: the claim.
+        :param now: the current time.
+        :param reason: why, one line (the 5xx reply, "certificate not found", "lifetime expired").
+        :param target: where delivery was tried, if anywhere.
+        :param reply: the SMTP reply, if any (defaults to ``reason``).
+        :param audit: evidence for the audit event.
+        :returns: :attr:`RecipientState.BOUNCED` or :attr:`RecipientState.FAILED`.
+        :raises StorageError: the claim was lost, or the database failed.
+
+        Spec: DESIGN.md section 1 ("bounced with a DSN to its sender"); RFC 5321 section 4.5.5; RFC 3464.
+        """
+        _aware(now)
+        final = RecipientState.BOUNCED if job.mail_from else RecipientState.FAILED
+        with self._tx("bounce") as session:
+            row = self._held(session, job)
+            self._end(session, job, row, final, now, target=target, reply=reply or reason)
+            if final is RecipientState.BOUNCED:
+                session.add(
+                    NotificationRow(
+                        kind=NotificationKind.DSN.value,
+                        message_id=job.message_id,
+                        recipient_id=job.recipient_id,
+                        address=job.mail_from,
+                        status=NotificationStatus.PENDING.value,
+                        created_at=now,
+                        updated_at=now,
+                        detail=reason,
+                    )
+                )
+            record = audit or AuditRecord()
+            if not record.reason:
+                record = AuditRecord(
+                    mail_from=record.mail_from, recipients=record.recipients, fingerprints=record.fingerprints,
+                    verdict=record.verdict, reason=reason, remote=record.remote,
+                )
+            session.add(
+                _audit_row(
+                    AuditKind.BOUNCE, now, node=job.node, message_id=job.message_id,
+                    header_message_id=self._header_id(session, job.message_id),
+                    record=record, mail_from=job.mail_from, recipients=(job.address,),
+                )
+            )
+        return final
+
+    # AuditLog ------------------------------------------------------------------------------------------------
+
+    def append(
+        self, kind: AuditKind, now: datetime, *, node: str = "", message_id: str | None = None,
+        header_message_id: str | None = None, record: AuditRecord = _NO_RECORD,
+    ) -> AuditEvent:
+        """Append one audit event (e.g. a ``reject``, which has no stored message, or a ``notify``).
+
+        :param kind: what happened.
+        :param now: when.
+        :param node: the node it happened on.
+        :param message_id: the queue id, if the message was stored.
+        :param header_message_id: the RFC 5322 Message-ID, if known.
+        :param record: addresses, fingerprints, verdict, reason, remote peer.
+        :returns: the event with its sequence number.
+        :raises StorageError: the event was not stored.
+
+        Spec: issue 5 ("Audit: every accept, reject, relay, delivery, bounce and notification is an event").
+        """
+        _aware(now)
+        row = _audit_row(
+            kind, now, node=node, message_id=message_id, header_message_id=header_message_id, record=record
+        )
+        with self._tx("append audit event") as session:
+            session.add(row)
+            session.flush()
+            return _event(row)
+
+    def events(self, *, message_id: str | None = None, after: int = 0, limit: int = 1000) -> list[AuditEvent]:
+        """Audit events with ``seq > after``, in append order, optionally for one message.
+
+        :param message_id: keep this message's events.
+        :param after: the last sequence number already seen (0 for all).
+        :param limit: at most this many, ``>= 1``.
+        :returns: the events.
+        :raises StorageError: ``limit`` < 1, or the database failed.
+        """
+        if limit < 1:
+            raise StorageError("limit must be >= 1", limit=limit)
+        query = select(AuditEventRow).where(AuditEventRow.seq > after).order_by(AuditEventRow.seq).limit(limit)
+        if message_id is not None:
+            query = query.where(AuditEventRow.message_id == message_id)
+        with self._tx("read audit events") as session:
+            return [_event(row) for row in session.scalars(query)]
+
+    # Notifications (placeholder for the notifications issue) -------------------------------------------------
+
+    def notifications(self, *, status: NotificationStatus | None = None, limit: int = 100) -> list[Notification]:
+        """Notification rows, oldest first, optionally only those with ``status``.
+
+        :raises StorageError: ``limit`` < 1, or the database failed.
+        """
+        if limit < 1:
+            raise StorageError("limit must be >= 1", limit=limit)
+        query = select(NotificationRow).order_by(NotificationRow.id).limit(limit)
+        if status is not None:
+            query = query.where(NotificationRow.status == status.value)
+        with self._tx("list notifications") as session:
+            return [_notification(row) for row in session.scalars(query)]
+
+    def set_notification_status(self, notification_id: int, status: NotificationStatus, now: datetime) -> None:
+        """Mark a pending notification sent or failed.
+
+        :raises StorageError: unknown notification, one no longer pending, or the database failed.
+        """
+        _aware(now)
+        with self._tx("update notification") as session:
+            row = session.get(NotificationRow, notification_id, with_for_update=True)
+            if row is None:
+                raise StorageError(f"no notification {notification_id}")
+            if row.status != NotificationStatus.PENDING.value or status is NotificationStatus.PENDING:
+                raise StorageError(
+                    f"notification {notification_id}: {row.status} -> {status.value} is not allowed",
+                    status=row.status,
+                )
+            row.status = status.value
+            row.updated_at = now

@@ -1,0 +1,114 @@
+"""Enqueue is durable before it returns: the spool file is written and fsynced (file, then directory) before the
+database commit, and a process killed right after enqueue returned leaves the message claimable, bytes intact.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, text
+
+from hisp.adapters.storage import SqlStore
+from hisp.adapters.storage.testing import backends, scratch_database
+from hisp.ports import Direction, Envelope, RecipientState
+
+T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
+RAW = b"From: dr.smith@direct.clinic.example\r\nSubject: referral\r\n\r\n" + b"0123456789" * 10_000
+
+
+@pytest.fixture(params=backends())
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with scratch_database(request.param, tmp_path) as url:
+        yield url
+
+
+def test_spool_file_is_fsynced_before_the_commit(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = tmp_path / "spool"
+    store = SqlStore.open(db_url, spool_dir=spool, inline_max=1024)
+    log: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        log.append((kind, os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def on_commit(_connection: object) -> None:
+        files = list(spool.rglob("*.eml"))
+        # At commit time the final file exists, complete, and no temporary file is left.
+        log.append(("commit", ";".join(str(f) for f in files)))
+        assert [f.read_bytes() for f in files] == [RAW]
+        assert [p for p in spool.rglob(".*")] == []
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    event.listen(store.engine, "commit", on_commit)
+    try:
+        stored = store.enqueue(Envelope(Direction.OUTGOING, "a@x.example", ("b@y.example",)), RAW, now=T0)
+    finally:
+        event.remove(store.engine, "commit", on_commit)
+    final = spool / stored.id[:2] / f"{stored.id}.eml"
+    assert log == [
+        ("dir", str(spool)),  # the new fan-out directory's entry
+        ("file", str(final.parent / f".{stored.id}.tmp")),  # the body, before its rename
+        ("dir", str(final.parent)),  # the rename
+        ("commit", str(final)),  # only then the row that names it; enqueue returns after the commit
+    ]
+    assert store.raw(stored.id) == RAW
+    store.close()
+
+
+def test_sqlite_runs_in_wal_with_full_sync(tmp_path: Path) -> None:
+    store = SqlStore.open(f"sqlite:///{tmp_path / 'h.sqlite3'}")
+    with store.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    store.close()
+
+
+_CRASH = """
+import os, signal, sys
+from datetime import datetime, UTC
+from pathlib import Path
+from hisp.adapters.storage import SqlStore
+from hisp.ports import Direction, Envelope
+url, spool, size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+store = SqlStore.open(url, spool_dir=spool, inline_max=1024)
+raw = bytes(range(256)) * (size // 256)
+stored = store.enqueue(Envelope(Direction.INCOMING, "a@x.example", ("b@y.example", "c@y.example")), raw,
+                       now=datetime(2026, 11, 30, 12, tzinfo=UTC))
+sys.stdout.write(stored.id + "\\n")
+sys.stdout.flush()
+os.kill(os.getpid(), signal.SIGKILL)  # the "250" would go out now; the node dies before doing anything else
+"""
+
+
+@pytest.mark.parametrize("size", [512, 256 * 400], ids=["inline", "spooled"])
+def test_killed_right_after_enqueue_the_message_is_claimable(db_url: str, tmp_path: Path, size: int) -> None:
+    spool = tmp_path / "spool"
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH, db_url, str(spool), str(size)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    message_id = done.stdout.strip()
+    store = SqlStore.open(db_url, spool_dir=spool, inline_max=1024)
+    try:
+        jobs = store.claim("survivor", T0, 60, 10)
+        assert sorted(j.address for j in jobs) == ["b@y.example", "c@y.example"]
+        assert {j.message_id for j in jobs} == {message_id}
+        assert store.raw(message_id) == bytes(range(256)) * (size // 256)
+        assert store.show(message_id).message.spooled is (size > 1024)
+        for job in jobs:
+            store.complete(job, T0, target="maildir:/ehr", reply="delivered")
+        assert {r.state for r in store.show(message_id).message.recipients} == {RecipientState.DELIVERED}
+    finally:
+        store.close()
