@@ -793,5 +793,25 @@ from hisp.commands.discover import discover  # noqa: E402  (kept with its regist
 
 main.add_command(discover)
 
+from hisp.commands.config import config_group  # noqa: E402  (kept with its registration)
+
+main.add_command(config_group)
+
+from hisp.commands.serve import serve  # noqa: E402  (kept with its registration)
+
+main.add_command(serve)
+
+from hisp.commands.demo import demo  # noqa: E402  (kept with its registration)
+
+main.add_command(demo)
+
+from hisp.commands.users import user_group  # noqa: E402  (kept with its registration)
+
+main.add_command(user_group)
+
+from hisp.commands.messages import messages_group  # noqa: E402  (kept with its registration)
+
+main.add_command(messages_group)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -4,8 +4,9 @@ This module defines the **trust** part (AS-21, TB-3, TB-4): trust anchors and tr
 associated with local health domains (or single addresses) and flagged incoming and/or outgoing, plus
 the revocation mode, policy preset and clock-skew allowance per domain; and the **hosted domains** part
 (CD-11): each health domain with its addresses, its certificates (files, binding, where each is published in
-DNS and/or LDAP) and more DNS records, with the ``[dns]`` and ``[ldap]`` publication settings. Later issues
-add the listeners, storage and queue parts to the same file.
+DNS and/or LDAP) and more DNS records, with the ``[dns]`` and ``[ldap]`` publication settings; and the
+**gateway** part (issue 5): ``[node]``, ``[[user]]`` edge users, delivery endpoints per domain and address,
+``[listeners.submission]`` and ``[listeners.backbone]``, ``[relay]``, ``[storage]``, ``[queue]`` and ``[limits]``.
 
 Example::
 
@@ -68,6 +69,59 @@ Example::
     value = "0 100 389 ldap.clinic.example."
     ttl = 600
 
+    endpoint = "lmtp://127.0.0.1:24"   # (in [[domain]]) where its incoming plain messages go
+
+    [[domain.mailbox]]           # a per-address delivery endpoint (overrides the domain's)
+    address = "front.desk@direct.clinic.example"
+    endpoint = "maildir:/srv/ehr/front-desk"   # or smtp://host:port, lmtp://host:port, lmtp:/path/socket
+
+    [node]
+    name = "hisp-1"              # this node's name in the queue and audit log (default: hostname)
+    hostname = "mail.clinic.example"   # EHLO/greeting name
+
+    [[user]]                     # an edge user (SMTP AUTH on the submission listener)
+    name = "ehr"
+    password_hash = "scrypt$16384$8$1$SALT$HASH"   # made by `hisp user add`
+    addresses = ["dr.a@direct.clinic.example"]   # it may send From these only
+
+    [listeners.submission]       # edge clients: STARTTLS + AUTH required (absent: not run)
+    host = "0.0.0.0"
+    port = 587
+    tls_cert = "tls/cert.pem"
+    tls_key = "tls/key.pem"
+
+    [listeners.backbone]         # peer HISPs: STARTTLS offered, hosted recipients only (absent: not run)
+    host = "0.0.0.0"
+    port = 25
+    tls_cert = "tls/cert.pem"
+    tls_key = "tls/key.pem"
+
+    [relay]
+    mode = "mx"                  # mx | smarthost
+    # smarthost = "relay.example.org:25"
+    port = 25                    # SMTP port of the MX hosts
+    require_tls = false          # true: never relay in clear
+    dns_server = "127.0.0.1:53"  # for MX and certificate discovery (default: the system resolver)
+
+    [storage]
+    url = "sqlite:///var/lib/hisp/hisp.sqlite3"   # default: hisp.sqlite3 beside this file
+    spool_dir = "spool"          # large messages as files (default: none, everything in the database)
+
+    [queue]
+    retry_initial = 300          # seconds
+    retry_factor = 2.0
+    retry_maximum = 14400        # seconds
+    lifetime = 432000            # seconds (5 days), then bounce
+    lease = 300                  # seconds a claimed job is held
+    workers = 4                  # worker tasks per process
+    poll_interval = 1.0          # seconds between queue polls when idle
+
+    [limits]                     # defaults of both listeners (each may override)
+    max_message_size = 37748736  # bytes
+    max_recipients = 100
+    max_connections = 100
+    command_timeout = 300        # seconds
+
 Certificate files are read and checked when the configuration is loaded: a certificate's subjectAltName
 must name its address (rfc822Name) or domain (dNSName). PKCS#12 files are checked when used, since their
 passphrase comes from the environment or a file.
@@ -80,9 +134,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,10 +148,12 @@ import dns.name
 import dns.rdata
 import dns.rdataclass
 
+from hisp.adapters.edge import Endpoint, parse_endpoint
 from hisp.addresses import DirectAddress, HealthDomain
 from hisp.core.certs import CertBinding, Certificate, Credential, load_certificates, load_credential
 from hisp.core.policy import PRESETS, Direction, RevocationMode, SecurityPolicy, policy_from_name
 from hisp.errors import AddressError, CertificateError, ConfigError
+from hisp.ports import RetrySchedule
 
 __all__ = [
     "AnchorConfig",
@@ -106,11 +164,20 @@ __all__ = [
     "DnsConfig",
     "DnsRecordConfig",
     "DomainTrustConfig",
+    "EdgeUserConfig",
     "HostedDomainConfig",
     "LdapConfig",
+    "LimitsConfig",
+    "ListenerConfig",
+    "ListenersConfig",
+    "NodeConfig",
     "Passphrase",
     "Publication",
+    "QueueConfig",
+    "RelayConfig",
+    "RelayMode",
     "RevocationMode",
+    "StorageConfig",
     "TrustConfig",
     "load_config",
     "parse_config",
@@ -213,6 +280,13 @@ class Config:
     :ivar domains: the hosted health domains with their addresses, certificates and DNS records.
     :ivar dns: how their zones are published.
     :ivar ldap: how their certificates are published in LDAP.
+    :ivar node: this node's name and host name.
+    :ivar users: the edge users (SMTP AUTH on the submission listener).
+    :ivar listeners: the submission and backbone listeners (each may be absent).
+    :ivar relay: how sealed messages reach peer HISPs.
+    :ivar storage: where the queue and the audit log live.
+    :ivar queue: retry schedule, leases, workers.
+    :ivar limits: the listeners' default limits.
     """
 
     path: Path
@@ -220,6 +294,32 @@ class Config:
     domains: tuple[HostedDomainConfig, ...] = field(default=(), repr=False)
     dns: DnsConfig = field(default_factory=lambda: DnsConfig(), repr=False)
     ldap: LdapConfig = field(default_factory=lambda: LdapConfig(), repr=False)
+    node: NodeConfig = field(default_factory=lambda: NodeConfig(), repr=False)
+    users: tuple[EdgeUserConfig, ...] = field(default=(), repr=False)
+    listeners: ListenersConfig = field(default_factory=lambda: ListenersConfig(), repr=False)
+    relay: RelayConfig = field(default_factory=lambda: RelayConfig(), repr=False)
+    storage: StorageConfig = field(default_factory=lambda: StorageConfig(), repr=False)
+    queue: QueueConfig = field(default_factory=lambda: QueueConfig(), repr=False)
+    limits: LimitsConfig = field(default_factory=lambda: LimitsConfig(), repr=False)
+
+    def hosted_domain(self, domain: HealthDomain) -> HostedDomainConfig | None:
+        """The hosted domain's configuration, or None when ``domain`` is not hosted here."""
+        return next((d for d in self.domains if d.domain == domain), None)
+
+    def is_hosted(self, address: DirectAddress) -> bool:
+        """Whether ``address`` is one of the hosted domains' addresses (the backbone accepts mail for it)."""
+        hosted = self.hosted_domain(address.domain)
+        return hosted is not None and address in hosted.addresses
+
+    def endpoint_for(self, address: DirectAddress) -> Endpoint | None:
+        """Where incoming plain messages for ``address`` are delivered: its own endpoint, else its domain's.
+
+        :returns: the endpoint, or None when neither is configured.
+        """
+        hosted = self.hosted_domain(address.domain)
+        if hosted is None:
+            return None
+        return dict(hosted.mailboxes).get(address, hosted.endpoint)
 
 
 class _Reader:
@@ -553,12 +653,16 @@ class HostedDomainConfig:
     :ivar addresses: its Direct addresses.
     :ivar certificates: its certificates, address-bound and domain-bound.
     :ivar records: more DNS records to publish in its zone.
+    :ivar endpoint: where its incoming plain messages are delivered (``endpoint = ...``), or None.
+    :ivar mailboxes: per-address endpoints overriding :attr:`endpoint` (``[[domain.mailbox]]``).
     """
 
     domain: HealthDomain
     addresses: tuple[DirectAddress, ...] = ()
     certificates: tuple[CertificateConfig, ...] = ()
     records: tuple[DnsRecordConfig, ...] = ()
+    endpoint: Endpoint | None = None
+    mailboxes: tuple[tuple[DirectAddress, Endpoint], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -760,8 +864,24 @@ def _domains(top: _Reader, dns_config: DnsConfig) -> tuple[HostedDomainConfig, .
         for record_reader in _tables(sub, "record"):
             records.append(_record(record_reader, domain, dns_config.ttl))
             record_reader.finish()
+        endpoint = _endpoint(sub, "endpoint", None)
+        mailboxes: list[tuple[DirectAddress, Endpoint]] = []
+        for box in _tables(sub, "mailbox"):
+            address = _address(box, "address")
+            if address not in addresses:
+                raise box.error("address", f"{address} is not one of the domain's addresses")
+            if address in dict(mailboxes):
+                raise box.error("address", f"{address} has two mailboxes")
+            box_endpoint = _endpoint(box, "endpoint")
+            assert box_endpoint is not None
+            mailboxes.append((address, box_endpoint))
+            box.finish()
         sub.finish()
-        hosted.append(HostedDomainConfig(domain, tuple(addresses), tuple(certificates), tuple(records)))
+        hosted.append(
+            HostedDomainConfig(
+                domain, tuple(addresses), tuple(certificates), tuple(records), endpoint, tuple(mailboxes)
+            )
+        )
     publishes_dns = any(
         Publication.DNS in c.publish for d in hosted for c in d.certificates
     ) or any(d.records for d in hosted)
@@ -797,8 +917,368 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
     dns_config = _dns(source, top.get("dns", dict, {}), base)
     ldap_config = _ldap(source, top.get("ldap", dict, {}), base)
     domains = _domains(top, dns_config)
+    node = _node(_Reader(source, top.get("node", dict, {}), "node", base))
+    users = _users(top, domains)
+    limits = _limits(_Reader(source, top.get("limits", dict, {}), "limits", base))
+    listeners = _listeners(_Reader(source, top.get("listeners", dict, {}), "listeners", base), limits, bool(users))
+    relay = _relay(_Reader(source, top.get("relay", dict, {}), "relay", base))
+    storage = _storage(_Reader(source, top.get("storage", dict, {}), "storage", base))
+    queue = _queue(_Reader(source, top.get("queue", dict, {}), "queue", base))
     top.finish()
-    return Config(path=Path(source), trust=trust, domains=domains, dns=dns_config, ldap=ldap_config)
+    return Config(
+        path=Path(source), trust=trust, domains=domains, dns=dns_config, ldap=ldap_config, node=node, users=users,
+        listeners=listeners, relay=relay, storage=storage, queue=queue, limits=limits,
+    )
+
+
+# -- the gateway: node, edge users, listeners, relay, storage, queue, limits (issue 5) -------------------
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """This node of the HISP.
+
+    :ivar name: its name in the queue (claims) and the audit log; several nodes sharing one database need
+        different names. None means the host name (:func:`socket.gethostname`).
+    :ivar hostname: the name in the SMTP greeting and EHLO (RFC 5321 section 4.1.1.1).
+    """
+
+    name: str | None = None
+    hostname: str = "localhost"
+
+
+@dataclass(frozen=True)
+class EdgeUserConfig:
+    """An edge user: an SMTP AUTH name on the submission listener and the addresses it may send from.
+
+    :ivar name: the AUTH name (RFC 4954).
+    :ivar password_hash: the scrypt hash made by ``hisp user add`` (never a password).
+    :ivar addresses: hosted addresses it may use in MAIL FROM and From.
+    """
+
+    name: str
+    password_hash: str = field(repr=False)
+    addresses: tuple[DirectAddress, ...]
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Defaults of both listeners (each may override them).
+
+    :ivar max_message_size: bytes of one message (SIZE, RFC 1870).
+    :ivar max_recipients: RCPTs per message (RFC 5321 section 4.5.3.1.8: at least 100 should be accepted).
+    :ivar max_connections: concurrent connections per listener.
+    :ivar command_timeout: seconds a client may stay idle (RFC 5321 section 4.5.3.2.7: 5 minutes).
+    """
+
+    max_message_size: int = 36 * 1024 * 1024
+    max_recipients: int = 100
+    max_connections: int = 100
+    command_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One SMTP listener.
+
+    :ivar host: address to listen on.
+    :ivar port: TCP port (0: a free one, for tests).
+    :ivar tls_cert: PEM certificate (then its chain) for STARTTLS, or None (backbone only: no STARTTLS).
+    :ivar tls_key: PEM private key of :attr:`tls_cert`.
+    :ivar max_message_size: bytes.
+    :ivar max_recipients: per message.
+    :ivar max_connections: concurrent.
+    :ivar command_timeout: seconds.
+    """
+
+    host: str
+    port: int
+    tls_cert: Path | None
+    tls_key: Path | None
+    max_message_size: int
+    max_recipients: int
+    max_connections: int
+    command_timeout: float
+
+
+@dataclass(frozen=True)
+class ListenersConfig:
+    """The submission listener (edge clients) and the backbone listener (peer HISPs); None: not run."""
+
+    submission: ListenerConfig | None = None
+    backbone: ListenerConfig | None = None
+
+
+class RelayMode(enum.Enum):
+    """How sealed messages reach peer HISPs."""
+
+    MX = "mx"  # the recipient domain's MX hosts (RFC 5321 section 5.1)
+    SMARTHOST = "smarthost"  # one configured relay for everything
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """The relay to peer HISPs, and the DNS server for MX lookups and certificate discovery.
+
+    :ivar mode: MX lookup or smarthost.
+    :ivar smarthost: ``(host, port)`` in smarthost mode, else None.
+    :ivar port: SMTP port of the MX hosts (25; a test network may use another).
+    :ivar require_tls: never relay in clear (a host without STARTTLS is retried later).
+    :ivar dns_server: ``(ip, port)`` of the DNS server for MX and discovery, or None for the system's.
+    :ivar timeout: seconds for a connection and each reply.
+    """
+
+    mode: RelayMode = RelayMode.MX
+    smarthost: tuple[str, int] | None = None
+    port: int = 25
+    require_tls: bool = False
+    dns_server: tuple[str, int] | None = None
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where messages, the queue and the audit log live.
+
+    :ivar url: ``sqlite:///FILE`` or ``postgresql+psycopg://...``; None means ``hisp.sqlite3`` beside the
+        configuration file.
+    :ivar spool_dir: directory for large message bodies, or None (every body in the database).
+    """
+
+    url: str | None = None
+    spool_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The queue's retry schedule, leases and workers.
+
+    :ivar retry: the backoff schedule and lifetime.
+    :ivar lease: seconds a claimed job is held before another node may take it over.
+    :ivar workers: worker tasks in this process.
+    :ivar poll_interval: seconds between polls of the queue when there is nothing to do.
+    """
+
+    retry: RetrySchedule = field(default_factory=RetrySchedule)
+    lease: float = 300.0
+    workers: int = 4
+    poll_interval: float = 1.0
+
+
+#: Largest message size accepted in the configuration (bytes): 1 GiB.
+MAX_MESSAGE_LIMIT = 1024 * 1024 * 1024
+
+
+def _address(reader: _Reader, key: str) -> DirectAddress:
+    try:
+        return DirectAddress.parse(reader.get(key, str))
+    except AddressError as exc:
+        raise reader.error(key, exc.message) from None
+
+
+def _endpoint(reader: _Reader, key: str, default: Any = ...) -> Endpoint | None:
+    text = reader.get(key, str, default)
+    if text is None:
+        return None
+    if text.lower().startswith("maildir:") and not text[len("maildir:"):].startswith("/"):
+        text = f"maildir:{(reader.base / text[len('maildir:'):]).resolve()}"  # relative to this file
+    try:
+        endpoint = parse_endpoint(text)
+    except ConfigError as exc:
+        raise reader.error(key, exc.message) from None
+    return endpoint
+
+
+def _positive(reader: _Reader, key: str, default: int, maximum: int) -> int:
+    value = reader.get(key, int, default)
+    if not 1 <= value <= maximum:
+        raise reader.error(key, f"must be between 1 and {maximum}")
+    return int(value)
+
+
+def _seconds(reader: _Reader, key: str, default: float, minimum: float = 0.001, maximum: float = 10 * 365 * 86400.0
+             ) -> float:
+    value = reader.get(key, (int, float), default, what="a number of seconds")
+    if not minimum <= value <= maximum:
+        raise reader.error(key, f"must be between {minimum:g} and {maximum:g} seconds")
+    return float(value)
+
+
+def _host_port(reader: _Reader, key: str, default_port: int | None) -> tuple[str, int] | None:
+    text = reader.get(key, str, None)
+    if text is None:
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep:
+        host, port = text, str(default_port) if default_port is not None else ""
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise reader.error(key, f"expected HOST:PORT (e.g. 127.0.0.1:53), not {text!r}")
+    return host, int(port)
+
+
+def _node(reader: _Reader) -> NodeConfig:
+    name = reader.get("name", str, None)
+    if name is not None and (not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name)):
+        raise reader.error("name", f"use 1 to 64 letters, digits, '-', '_' or '.': {name!r}")
+    hostname = reader.get("hostname", str, "localhost")
+    try:
+        dns.name.from_text(hostname)
+    except dns.exception.DNSException as exc:
+        raise reader.error("hostname", f"not a valid host name: {hostname!r} ({exc})") from None
+    if not hostname or any(c.isspace() for c in hostname):
+        raise reader.error("hostname", f"not a valid host name: {hostname!r}")
+    reader.finish()
+    return NodeConfig(name, hostname)
+
+
+def _users(top: _Reader, domains: Sequence[HostedDomainConfig]) -> tuple[EdgeUserConfig, ...]:
+    hosted = {a for d in domains for a in d.addresses}
+    users: list[EdgeUserConfig] = []
+    for sub in _tables(top, "user"):
+        name = sub.get("name", str)
+        if not name or len(name) > 256 or any(c.isspace() or ord(c) < 32 for c in name):
+            raise sub.error("name", f"must be a non-empty name without spaces: {name!r}")
+        if any(u.name == name for u in users):
+            raise sub.error("name", f"user {name!r} is defined twice")
+        password_hash = sub.get("password_hash", str)
+        if not password_hash.startswith("scrypt$") or password_hash.count("$") != 5:
+            raise sub.error("password_hash", "must be a hash made by `hisp user add` (scrypt$N$r$p$salt$hash)")
+        if "password" in sub.table:
+            sub.used.add("password")
+            raise sub.error("password", "never put a password in the configuration: give password_hash")
+        addresses: list[DirectAddress] = []
+        for text in sub.strings("addresses"):
+            try:
+                address = DirectAddress.parse(text)
+            except AddressError as exc:
+                raise sub.error("addresses", exc.message) from None
+            if address not in hosted:
+                raise sub.error("addresses", f"{address} is not an address of a hosted [[domain]]")
+            addresses.append(address)
+        if not addresses:
+            raise sub.error("addresses", "give the addresses this user may send from")
+        sub.finish()
+        users.append(EdgeUserConfig(name, password_hash, tuple(addresses)))
+    return tuple(users)
+
+
+def _limits(reader: _Reader) -> LimitsConfig:
+    defaults = LimitsConfig()
+    limits = LimitsConfig(
+        _positive(reader, "max_message_size", defaults.max_message_size, MAX_MESSAGE_LIMIT),
+        _positive(reader, "max_recipients", defaults.max_recipients, 10_000),
+        _positive(reader, "max_connections", defaults.max_connections, 100_000),
+        _seconds(reader, "command_timeout", defaults.command_timeout, 1.0, 3600.0),
+    )
+    reader.finish()
+    return limits
+
+
+def _listener(reader: _Reader, limits: LimitsConfig, default_port: int, need_tls: bool) -> ListenerConfig:
+    host = reader.get("host", str, "127.0.0.1")
+    port = reader.get("port", int, default_port)
+    if not 0 <= port <= 65535:
+        raise reader.error("port", "must be between 0 and 65535")
+    cert, key = reader.path("tls_cert", None), reader.path("tls_key", None)
+    if (cert is None) != (key is None):
+        raise reader.error("tls_cert" if cert is None else "tls_key", "give both tls_cert and tls_key")
+    if cert is None and need_tls:
+        raise reader.error("tls_cert", "is required: edge clients must use STARTTLS before AUTH (RFC 3207, RFC 4954)")
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if path is not None and not _is_file(path):
+            raise reader.error(name, f"no such file: {path}")
+    listener = ListenerConfig(
+        host, port, cert, key,
+        _positive(reader, "max_message_size", limits.max_message_size, MAX_MESSAGE_LIMIT),
+        _positive(reader, "max_recipients", limits.max_recipients, 10_000),
+        _positive(reader, "max_connections", limits.max_connections, 100_000),
+        _seconds(reader, "command_timeout", limits.command_timeout, 1.0, 3600.0),
+    )
+    reader.finish()
+    return listener
+
+
+def _listeners(reader: _Reader, limits: LimitsConfig, has_users: bool) -> ListenersConfig:
+    submission = backbone = None
+    if "submission" in reader.table:
+        sub = _Reader(reader.source, reader.get("submission", dict), "listeners.submission", reader.base)
+        submission = _listener(sub, limits, 587, True)
+        if not has_users:
+            raise sub.error("host", "the submission listener needs at least one [[user]]")
+    if "backbone" in reader.table:
+        sub = _Reader(reader.source, reader.get("backbone", dict), "listeners.backbone", reader.base)
+        backbone = _listener(sub, limits, 25, False)
+    reader.finish()
+    if submission is not None and backbone is not None and (submission.host, submission.port) == (
+        backbone.host, backbone.port
+    ) and submission.port != 0:
+        raise reader.error("backbone.port", "the submission and backbone listeners cannot share a port")
+    return ListenersConfig(submission, backbone)
+
+
+def _relay(reader: _Reader) -> RelayConfig:
+    mode_text = reader.get("mode", str, "mx")
+    try:
+        mode = RelayMode(mode_text)
+    except ValueError:
+        raise reader.error("mode", f"must be mx or smarthost, not {mode_text!r}") from None
+    smarthost = _host_port(reader, "smarthost", 25)
+    if mode is RelayMode.SMARTHOST and smarthost is None:
+        raise reader.error("smarthost", "is required with mode = \"smarthost\"")
+    if mode is RelayMode.MX and smarthost is not None:
+        raise reader.error("smarthost", "is only used with mode = \"smarthost\"")
+    port = reader.get("port", int, 25)
+    if not 1 <= port <= 65535:
+        raise reader.error("port", "must be between 1 and 65535")
+    require_tls = reader.get("require_tls", bool, False)
+    dns_server = _host_port(reader, "dns_server", 53)
+    if dns_server is not None:
+        try:
+            ipaddress.ip_address(dns_server[0])
+        except ValueError:
+            raise reader.error("dns_server", f"must be an IP address (and port), not {dns_server[0]!r}") from None
+    timeout = _seconds(reader, "timeout", 60.0, 0.1, 3600.0)
+    reader.finish()
+    return RelayConfig(mode, smarthost, port, require_tls, dns_server, timeout)
+
+
+def _storage(reader: _Reader) -> StorageConfig:
+    url = reader.get("url", str, None)
+    if url is not None:
+        scheme = url.partition(":")[0].lower()
+        if not (scheme == "sqlite" and url.startswith("sqlite:///")) and not scheme.startswith("postgresql"):
+            raise reader.error("url", f"must be sqlite:///FILE or postgresql+psycopg://..., not {url.split('@')[-1]!r}")
+        if scheme == "sqlite" and url[len("sqlite:///"):] in ("", ":memory:"):
+            raise reader.error("url", "SQLite needs a file (WAL mode), not an in-memory database")
+        if scheme == "sqlite" and not url[len("sqlite:///"):].startswith("/"):
+            url = f"sqlite:///{(reader.base / url[len('sqlite:///'):]).resolve()}"  # relative to this file
+    spool_dir = reader.path("spool_dir", None)
+    reader.finish()
+    return StorageConfig(url, spool_dir)
+
+
+def _queue(reader: _Reader) -> QueueConfig:
+    initial = _seconds(reader, "retry_initial", 300.0, 0.01, 86400.0)
+    factor = reader.get("retry_factor", (int, float), 2.0, what="a number")
+    if not 1 <= factor <= 100:
+        raise reader.error("retry_factor", "must be between 1 and 100")
+    maximum = _seconds(reader, "retry_maximum", max(14400.0, initial), 0.01, 7 * 86400.0)
+    if maximum < initial:
+        raise reader.error("retry_maximum", f"must be at least retry_initial ({initial:g} seconds)")
+    lifetime = _seconds(reader, "lifetime", 5 * 86400.0, 1.0, 30 * 86400.0)
+    jitter = reader.get("retry_jitter", (int, float), 0.2, what="a number")
+    if not 0 <= jitter < 1:
+        raise reader.error("retry_jitter", "must be at least 0 and below 1")
+    lease = _seconds(reader, "lease", 300.0, 1.0, 86400.0)
+    workers = _positive(reader, "workers", 4, 256)
+    poll = _seconds(reader, "poll_interval", 1.0, 0.01, 60.0)
+    reader.finish()
+    schedule = RetrySchedule(
+        timedelta(seconds=initial), float(factor), timedelta(seconds=maximum), timedelta(seconds=lifetime),
+        float(jitter),
+    )
+    return QueueConfig(schedule, lease, workers, poll)
 
 
 def load_config(path: str | Path) -> Config:

@@ -14,6 +14,10 @@ storage and queue half of issue 5:
 Also the values they exchange (frozen dataclasses, enums) and :class:`RetrySchedule`, the pure exponential
 backoff with jitter that turns an attempt count into the ``next_at`` given to :meth:`Queue.retry_later`.
 
+The message half (:mod:`hisp.pipeline`): :class:`Hosting` (our domains: credentials, trust, endpoints),
+:class:`CertificateSource` (certificate discovery), :class:`Relay` (to peer HISPs) and :class:`EdgeDelivery`
+(to edge systems); results per recipient are :class:`~hisp.core.smtp_policy.RecipientResult` values.
+
 Every time is passed in (``now``, timezone-aware UTC :class:`~datetime.datetime`); nothing here reads a clock.
 
 Spec: DESIGN.md section 1 (durable before 250; leaves the queue only delivered or bounced), issue 5
@@ -24,11 +28,17 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
+from hisp.addresses import DirectAddress, HealthDomain
+from hisp.core.agent import RecipientTrust, SignerTrust
+from hisp.core.certs import Credential
+from hisp.core.discovery import DiscoveryResult
 from hisp.core.policy import Direction
+from hisp.core.smtp_policy import RecipientResult
 from hisp.errors import ConfigError
 
 __all__ = [
@@ -36,9 +46,13 @@ __all__ = [
     "AuditKind",
     "AuditLog",
     "AuditRecord",
+    "CertificateSource",
     "DeliveryAttempt",
     "Direction",
+    "DomainTrust",
+    "EdgeDelivery",
     "Envelope",
+    "Hosting",
     "Job",
     "MessageDetail",
     "MessageStore",
@@ -48,6 +62,7 @@ __all__ = [
     "Queue",
     "RecipientState",
     "RecipientStatus",
+    "Relay",
     "RetrySchedule",
     "StoredMessage",
 ]
@@ -447,5 +462,64 @@ class AuditLog(Protocol):
 
         :raises StorageError: the database failed.
         """
+        ...
+
+
+
+class DomainTrust(SignerTrust, RecipientTrust, Protocol):
+    """The trust seam of one local domain or address, both directions (e.g. :class:`~hisp.core.trust.StoreTrust`)."""
+
+
+@runtime_checkable
+class Hosting(Protocol):
+    """What this HISP hosts: addresses, our credentials, the trust in force, the edge endpoints."""
+
+    def is_hosted(self, address: DirectAddress) -> bool:
+        """Whether ``address`` is one of our hosted addresses."""
+        ...
+
+    def credentials(self, address: DirectAddress) -> Sequence[Credential]:
+        """Our credentials for ``address`` (address-bound, then its domain's domain-bound ones); may be empty."""
+        ...
+
+    def trust(self, local: DirectAddress) -> DomainTrust:
+        """The trust seam for our address ``local`` (its store, else its domain's): AS-21."""
+        ...
+
+    def endpoint(self, address: DirectAddress) -> str | None:
+        """The delivery endpoint URL of our address (``maildir:/...``, ``smtp://...``), or None."""
+        ...
+
+
+@runtime_checkable
+class CertificateSource(Protocol):
+    """Certificate discovery, judged against the outgoing anchors of the sender's domain."""
+
+    async def discover(self, sender: HealthDomain, address: DirectAddress, *, at: datetime) -> DiscoveryResult:
+        """The usable certificates of ``address``.
+
+        :raises CertificateNotFound: permanent (CD-9).
+        :raises DiscoveryUnavailable: transient.
+        """
+        ...
+
+
+@runtime_checkable
+class Relay(Protocol):
+    """Sends sealed messages to peer HISPs."""
+
+    async def send(self, mail_from: str, recipients: Sequence[str], raw: bytes) -> tuple[RecipientResult, ...]:
+        """One result per recipient, in order (delivered, transient or permanent)."""
+        ...
+
+
+@runtime_checkable
+class EdgeDelivery(Protocol):
+    """Delivers plain messages to edge endpoints (SMTP, LMTP, maildir)."""
+
+    async def deliver(
+        self, endpoint: str, mail_from: str, recipients: Sequence[str], raw: bytes
+    ) -> tuple[RecipientResult, ...]:
+        """One result per recipient, in order."""
         ...
 

@@ -1,0 +1,109 @@
+"""``hisp config check FILE``: validate a configuration file and print what it sets up.
+
+Checks everything that can be checked without starting: the TOML, every key and value (the error names the
+file and the key), certificate files and their bindings, private keys and PKCS#12 passphrases (from the
+environment or files named in the configuration), anchor files, TLS files. Prints a summary: node, hosted
+domains with their addresses, certificates and delivery endpoints, edge users, listeners, relay, storage and
+queue.
+
+Exit status: 0 valid, 1 invalid (one line on stderr says where and why), 2 usage errors.
+
+Spec: issue 5 ("Configuration": "``hisp config check FILE`` validates and prints a summary").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import click
+
+from hisp.adapters.storage.engine import default_url
+from hisp.adapters.truststores import load_anchor_file
+from hisp.commands.common import fail_cleanly
+from hisp.config import Config, ListenerConfig, RelayMode, load_config
+
+__all__ = ["check_config", "config_group", "summary"]
+
+
+def check_config(config: Config, environ: Mapping[str, str]) -> None:
+    """Load what the configuration names beyond the file itself: credentials, anchors.
+
+    :param config: a parsed configuration.
+    :param environ: the environment (PKCS#12 and key passphrases).
+    :raises ConfigError: a credential or anchor file cannot be used; the message names the key.
+
+    Spec: issue 5 ("validated at start with clear errors (file, key, what is wrong)").
+    """
+    for hosted in config.domains:
+        for certificate in hosted.certificates:
+            if certificate.key is not None or certificate.pkcs12:
+                certificate.credential(environ)
+            else:
+                certificate.certificate(environ)
+    for anchor in config.trust.anchors:
+        load_anchor_file(anchor.file)
+
+
+def _listener(name: str, listener: ListenerConfig | None) -> str:
+    if listener is None:
+        return f"  {name}: not run"
+    tls = "STARTTLS" if listener.tls_cert is not None else "no TLS"
+    return (
+        f"  {name}: {listener.host}:{listener.port}, {tls}, max {listener.max_message_size} bytes, "
+        f"{listener.max_recipients} recipients, {listener.max_connections} connections, "
+        f"timeout {listener.command_timeout:g} s"
+    )
+
+
+def summary(config: Config) -> str:
+    """The configuration for people, a few lines per part.
+
+    :param config: the configuration.
+    :returns: the text.
+    """
+    lines = [f"{config.path}: valid", f"node: {config.node.name or '(host name)'}, hostname {config.node.hostname}"]
+    for hosted in config.domains:
+        endpoint = hosted.endpoint.url if hosted.endpoint else "none"
+        lines.append(f"domain {hosted.domain}: {len(hosted.addresses)} addresses, "
+                     f"{len(hosted.certificates)} certificates, endpoint {endpoint}")
+        for address in hosted.addresses:
+            own = dict(hosted.mailboxes).get(address)
+            lines.append(f"  {address}" + (f" -> {own.url}" if own else ""))
+        trust = config.trust.for_domain(hosted.domain)
+        lines.append(f"  policy {trust.policy.name}, revocation {trust.revocation.value}")
+    for user in config.users:
+        lines.append(f"user {user.name}: may send from {', '.join(str(a) for a in user.addresses)}")
+    lines.append("listeners:")
+    lines.append(_listener("submission", config.listeners.submission))
+    lines.append(_listener("backbone", config.listeners.backbone))
+    relay = config.relay
+    route = (f"smarthost {relay.smarthost[0]}:{relay.smarthost[1]}" if relay.mode is RelayMode.SMARTHOST and
+             relay.smarthost else f"MX, port {relay.port}")
+    dns = f"{relay.dns_server[0]}:{relay.dns_server[1]}" if relay.dns_server else "system resolver"
+    lines.append(f"relay: {route}, TLS {'required' if relay.require_tls else 'opportunistic'}, DNS {dns}")
+    url = config.storage.url or default_url(config.path.parent)
+    shown = url.split("@", 1)[-1] if "@" in url else url  # never print a password of the URL
+    lines.append(f"storage: {shown}" + (f", spool {config.storage.spool_dir}" if config.storage.spool_dir else ""))
+    retry = config.queue.retry
+    lines.append(
+        f"queue: retry after {retry.initial.total_seconds():g} s x{retry.factor:g} up to "
+        f"{retry.maximum.total_seconds():g} s, lifetime {retry.lifetime.total_seconds():g} s, "
+        f"lease {config.queue.lease:g} s, {config.queue.workers} workers"
+    )
+    return "\n".join(lines)
+
+
+@click.group("config")
+def config_group() -> None:
+    """Check the configuration file."""
+
+
+@config_group.command("check")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
+@fail_cleanly
+def config_check(path: str) -> None:
+    """Validate FILE (keys, values, certificates, keys, anchors) and print a summary."""
+    config = load_config(path)
+    check_config(config, os.environ)
+    click.echo(summary(config))

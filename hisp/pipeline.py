@@ -1,0 +1,655 @@
+"""One message's journey through the HISP: accept, queue, seal or open, relay or deliver, bounce.
+
+Imports only ``core`` and ``ports`` (DESIGN.md section 2); the adapters come in through the constructor.
+
+**Incoming** (a peer HISP's DATA on the backbone), :meth:`Pipeline.accept_incoming`, inline before the final
+reply: decrypt, verify, trust (the recipient's store, AS-21), the AS-13 routing check of the protected headers
+against the SMTP envelope, then the plain message with an ``X-Direct-Trust:`` header (one line, no secrets) is
+enqueued durably and ``250`` returned. A security or format failure raises its :class:`~hisp.errors.HispError`
+(the listener answers its ``554 5.7.x``), nothing is stored and a ``reject`` audit event is appended; revocation
+unknown under ``hard`` raises :class:`TrustUnavailable` (``451``), a storage failure ``451`` too.
+
+**Outgoing** (an edge client's DATA on submission), :meth:`Pipeline.accept_outgoing`: enqueued durably, ``250``.
+
+**Workers** (:meth:`Pipeline.run_once`, :meth:`Pipeline.run_workers`) claim queued recipients under a lease and
+end every claim with exactly one of complete, retry_later or bounce (DESIGN.md section 1: "leaves the queue only
+delivered or bounced"):
+
+- outgoing, grouped per message and recipient domain: discovery per recipient (undeliverable: bounce; transient:
+  retry), :meth:`~hisp.core.agent.SecurityAgent.process_outgoing` once per group (rejected recipients bounced,
+  AS-22), then the relay (delivered: complete; 4xx: retry with :class:`~hisp.ports.RetrySchedule`; 5xx: bounce).
+  Hosted recipients are not relayed: the sealed message is opened again through the agent with the recipient's
+  credentials and trust, and the plain result enqueued for local delivery.
+- incoming, grouped per message and endpoint: delivery of the plain message to the edge endpoint (transient:
+  retry; permanent: bounce).
+- a bounce with a reverse-path owes the sender a DSN: a minimal RFC 3464 report (:func:`build_bounce`) is
+  enqueued for local delivery when the sender is ours, else sent out through the outgoing path from the
+  domain's postmaster (null reverse-path, so a DSN is never bounced).
+
+CPU work (the agent) and blocking storage calls run in an executor, so the listeners keep answering.
+Every accept, reject, relay, delivery and bounce is an audit event with fingerprints and verdict.
+
+Spec: issue 5 ("SMTP listeners", "Durable queue and pipeline", "Audit"); AS-13, AS-14, AS-21, AS-22;
+RFC 3464 (DSN); RFC 5321 sections 4.5.4.1 (retries) and 4.5.5 (null reverse-path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import re
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import format_datetime, getaddresses
+from typing import Any, TypeVar
+
+from hisp.addresses import DirectAddress
+from hisp.core.agent import IncomingResult, OutgoingResult, SecurityAgent
+from hisp.core.certs import Certificate, Credential
+from hisp.core.smtp_policy import DeliveryOutcome, RecipientResult, check_routing, normalize_mailbox
+from hisp.errors import (
+    AddressError,
+    CertificateNotFound,
+    ConfigError,
+    DiscoveryUnavailable,
+    HispError,
+    PermanentDeliveryError,
+    StorageError,
+    TrustError,
+)
+from hisp.ports import (
+    AuditKind,
+    AuditLog,
+    AuditRecord,
+    CertificateSource,
+    Direction,
+    EdgeDelivery,
+    Envelope,
+    Hosting,
+    Job,
+    MessageStore,
+    Queue,
+    RecipientState,
+    Relay,
+    RetrySchedule,
+)
+
+__all__ = ["TRUST_HEADER", "Observer", "Pipeline", "TrustUnavailable", "build_bounce", "trust_header"]
+
+_log = logging.getLogger("hisp.pipeline")
+_T = TypeVar("_T")
+
+_STATUS = re.compile(r"\b(5\.\d{1,3}\.\d{1,3})\b")
+
+#: The header added to every plain message delivered to an edge system: the Direct trust verdict.
+TRUST_HEADER = "X-Direct-Trust"
+
+#: ``observer(step, detail)``: called as a message moves on (``"submitted"``, ``"discovered"``, ``"signed"``,
+#: ``"encrypted"``, ``"relayed"``, ``"decrypted"``, ``"verified"``, ``"delivered"``, ``"bounced"``,
+#: ``"rejected"``, ``"retry"``); for the demo and for logs. It must not raise or block.
+Observer = Callable[[str, str], None]
+
+
+class TrustUnavailable(HispError):
+    """The trust decision could not be made now (revocation source unreachable under ``hard``): answer 451."""
+
+    smtp_code = 451
+    smtp_status = "4.7.0"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """Text safe for one header line: no CR/LF or control characters, ASCII, bounded."""
+    cleaned = "".join(c if 32 <= ord(c) < 127 else " " for c in text).replace('"', "'")
+    return cleaned[:limit]
+
+
+def trust_header(result: IncomingResult) -> bytes:
+    """The ``X-Direct-Trust:`` header line (CRLF-terminated) for an opened message: verdict, no secrets.
+
+    :param result: the security agent's incoming result.
+    :returns: one header line, ASCII, at most about 900 octets (RFC 5322 section 2.1.1: under 998).
+
+    Spec: issue 5 ("the Direct trust verdict added as a header ... one line, no secrets"); AS-14, AS-20.
+    """
+    parts = [
+        "pass",
+        f"sender={_one_line(str(result.sender), 120)}",
+        f"binding={result.binding.value}",
+        f'signer="{_one_line(result.signer.subject)}"',
+        f"signer-sha256={result.signer.fingerprint_sha256}",
+        f'anchor="{_one_line(result.path.anchor.subject)}"',
+        f"wrapped={'yes' if result.wrapped else 'no'}",
+    ]
+    return f"{TRUST_HEADER}: {'; '.join(parts)}\r\n".encode("ascii")
+
+
+def _headers(raw: bytes) -> list[tuple[str, str]]:
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(raw[: 256 * 1024], headersonly=True)
+    return [(str(name), str(value)) for name, value in parsed.items()]
+
+
+def _header(raw: bytes, name: str) -> str | None:
+    for key, value in _headers(raw):
+        if key.lower() == name.lower():
+            return " ".join(value.split())
+    return None
+
+
+def _from_address(raw: bytes) -> DirectAddress:
+    values = [v for k, v in _headers(raw) if k.lower() == "from"]
+    addresses = [a for _, a in getaddresses(values) if a]
+    if len(addresses) != 1:
+        raise AddressError(f"the message needs exactly one From address, not {len(addresses)}")
+    return DirectAddress.parse(addresses[0])
+
+
+def build_bounce(
+    *,
+    reporting: DirectAddress,
+    to: str,
+    recipient: str,
+    status: str,
+    reason: str,
+    original: bytes,
+    at: datetime,
+    remote: str = "",
+) -> bytes:
+    """A minimal RFC 3464 delivery status notification (``multipart/report``) for one failed recipient.
+
+    :param reporting: the postmaster address it comes from (``From:``).
+    :param to: the original sender (``To:``).
+    :param recipient: the recipient that failed.
+    :param status: RFC 3463 status, e.g. ``"5.7.31"`` (permanent: ``Action: failed``).
+    :param reason: one line: why.
+    :param original: the original message (its header section is returned, RFC 3462 text/rfc822-headers).
+    :param at: the time of the report.
+    :param remote: the remote host that answered, if any (``Remote-MTA``).
+    :returns: the DSN bytes, CRLF line endings.
+
+    Spec: RFC 3464 sections 2 and 3 (per-message and per-recipient fields); RFC 3462; RFC 3463.
+    """
+    boundary = f"hisp-dsn-{uuid.uuid4().hex}"
+    head_end = original.find(b"\r\n\r\n")
+    original_headers = original[: head_end + 2] if head_end >= 0 else original[:8192]
+    reason_line = _one_line(reason, 400)
+    human = (
+        f"Your message could not be delivered to {recipient}.\r\n\r\nReason: {reason_line}\r\n"
+        f"Status: {status}\r\n"
+    )
+    per_recipient = [
+        f"Final-Recipient: rfc822; {recipient}",
+        "Action: failed",
+        f"Status: {status}",
+    ]
+    if remote:
+        per_recipient.append(f"Remote-MTA: dns; {_one_line(remote, 200)}")
+    per_recipient.append(f"Diagnostic-Code: smtp; {reason_line}")
+    lines = [
+        f"From: Mail Delivery System <{reporting}>",
+        f"To: {to}",
+        f"Subject: Undelivered Direct message: {recipient}",
+        f"Date: {format_datetime(at)}",
+        f"Message-ID: <{uuid.uuid4().hex}@{reporting.domain}>",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        human,
+        f"--{boundary}",
+        "Content-Type: message/delivery-status",
+        "",
+        f"Reporting-MTA: dns; {reporting.domain}",
+        f"Arrival-Date: {format_datetime(at)}",
+        "",
+        *per_recipient,
+        "",
+        f"--{boundary}",
+        "Content-Type: text/rfc822-headers",
+        "",
+    ]
+    return "\r\n".join(lines).encode("ascii") + b"\r\n" + original_headers + f"\r\n--{boundary}--\r\n".encode()
+
+
+def _fingerprints(certificates: Iterable[Certificate]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(c.fingerprint_sha256 for c in certificates))
+
+
+def _short(certificate: Certificate) -> str:
+    return f"{certificate.subject} (sha256 {certificate.fingerprint_sha256[:16]}...)"
+
+
+def _verdict(result: IncomingResult) -> str:
+    return f"trusted: signer {result.signer.subject}, anchor {result.path.anchor.subject}"
+
+
+class Pipeline:
+    """The journey of every message of one HISP node.
+
+    :param store: durable message storage (enqueue before 250).
+    :param queue: the per-recipient work queue.
+    :param audit: the append-only audit log.
+    :param agent: the security agent.
+    :param hosting: our domains: credentials, trust, endpoints.
+    :param certificates: certificate discovery for remote recipients.
+    :param relay: to peer HISPs.
+    :param edge: to edge systems.
+    :param node: this node's name (claims, audit).
+    :param clock: the current time, aware UTC.
+    :param schedule: the retry schedule and lifetime.
+    :param lease_seconds: how long a claim is held.
+    :param executor: where CPU and blocking storage work runs (None: the event loop's default executor).
+    :param observer: told about each step (see :data:`Observer`).
+    :param rng: the source of retry jitter.
+    :raises ConfigError: ``lease_seconds`` is not positive or ``node`` is empty.
+
+    Spec: issue 5; DESIGN.md section 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: MessageStore,
+        queue: Queue,
+        audit: AuditLog,
+        agent: SecurityAgent,
+        hosting: Hosting,
+        certificates: CertificateSource,
+        relay: Relay,
+        edge: EdgeDelivery,
+        node: str,
+        clock: Callable[[], datetime],
+        schedule: RetrySchedule | None = None,
+        lease_seconds: float = 300.0,
+        executor: Executor | None = None,
+        observer: Observer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if lease_seconds <= 0 or not node:
+            raise ConfigError("pipeline: a node name and a positive lease are needed")
+        self.store, self.queue, self.audit = store, queue, audit
+        self.agent, self.hosting, self.certificates = agent, hosting, certificates
+        self.relay, self.edge = relay, edge
+        self.node, self.clock = node, clock
+        self.schedule = schedule or RetrySchedule()
+        self.lease_seconds = lease_seconds
+        self.executor = executor
+        self.observer = observer
+        self.rng = rng or random.Random()
+        self._wake: asyncio.Event | None = None
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    async def _run(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(func, *args, **kwargs))
+
+    def _tell(self, step: str, detail: str) -> None:
+        _log.info("%s: %s", step, detail)
+        if self.observer is not None:
+            try:
+                self.observer(step, detail)
+            except Exception:  # an observer must not break the pipeline
+                _log.exception("observer failed")
+
+    def wake(self) -> None:
+        """Tell idle workers there is new work (called after every enqueue)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- accepting --------------------------------------------------------------------------------------
+
+    async def accept_outgoing(
+        self, mail_from: str, recipients: Sequence[str], raw: bytes, *, remote: str = "", user: str | None = None
+    ) -> str:
+        """Accept an edge client's message: durable, then ``250``.
+
+        :param mail_from: the reverse-path (checked by the listener against the user's addresses).
+        :param recipients: the forward-paths (local or remote).
+        :param raw: the exact bytes received.
+        :param remote: the client's address, for the audit event.
+        :param user: the authenticated edge user, for the audit event.
+        :returns: the ``250`` reply line.
+        :raises StorageError: nothing was stored (451).
+
+        Spec: DESIGN.md section 1 ("a message answered 250 is on disk first"); RFC 6409.
+        """
+        now = self.clock()
+        envelope = Envelope(Direction.OUTGOING, mail_from, tuple(recipients), _header(raw, "Message-ID"))
+        record = AuditRecord(reason=f"submitted by edge user {user}" if user else "submitted", remote=remote)
+        stored = await self._run(self.store.enqueue, envelope, raw, now=now, node=self.node, audit=record)
+        self._tell("submitted", f"{mail_from} -> {', '.join(recipients)}: queued as {stored.id} ({len(raw)} bytes)")
+        self.wake()
+        return f"250 2.0.0 Ok: queued as {stored.id}"
+
+    async def accept_incoming(self, mail_from: str, recipients: Sequence[str], raw: bytes, *, remote: str = "") -> str:
+        """Accept a peer HISP's message: open and check it inline, store the plain message, then ``250``.
+
+        :param mail_from: the reverse-path (``""`` for a DSN or MDN).
+        :param recipients: the forward-paths, all hosted (the listener refused the others).
+        :param raw: the exact bytes received (what is verified).
+        :param remote: the peer's address, for the audit event.
+        :returns: the ``250`` reply line.
+        :raises SecurityError: unencrypted, unsigned, bad signature, untrusted, not bound (554 5.7.x).
+        :raises InputError: malformed message or address (5xx).
+        :raises PolicyViolation: the AS-13 routing check failed (554 5.7.1).
+        :raises TrustUnavailable: revocation could not be checked under ``hard`` (451).
+        :raises StorageError: nothing was stored (451).
+
+        Spec: AS-13, AS-14, AS-15, AS-21; issue 5 ("Security checks that can run inline ... before the final
+        reply to DATA").
+        """
+        now = self.clock()
+        try:
+            result = await self._run(self._open, mail_from, recipients, raw, now)
+        except TrustError as exc:
+            if exc.reason == "revocation unknown":
+                await self._reject(mail_from, recipients, remote, exc, now)
+                raise TrustUnavailable(f"trust cannot be decided now: {exc.message}") from exc
+            await self._reject(mail_from, recipients, remote, exc, now)
+            raise
+        except StorageError:
+            raise
+        except HispError as exc:
+            await self._reject(mail_from, recipients, remote, exc, now)
+            raise
+        plain = trust_header(result) + result.message
+        envelope = Envelope(Direction.INCOMING, mail_from, tuple(recipients), _header(result.message, "Message-ID"))
+        record = AuditRecord(
+            fingerprints=_fingerprints((result.signer, result.decrypted.recipient)),
+            verdict=_verdict(result), reason="accepted from peer HISP", remote=remote,
+        )
+        stored = await self._run(self.store.enqueue, envelope, plain, now=now, node=self.node, audit=record)
+        self.wake()
+        return f"250 2.0.0 Ok: queued as {stored.id}"
+
+    async def _reject(
+        self, mail_from: str, recipients: Sequence[str], remote: str, exc: HispError, now: datetime
+    ) -> None:
+        self._tell("rejected", f"{mail_from or '<>'} -> {', '.join(recipients)}: {exc.smtp_reply()}")
+        record = AuditRecord(
+            mail_from=mail_from, recipients=tuple(recipients), reason=exc.smtp_reply()[:500], remote=remote
+        )
+        try:
+            await self._run(self.audit.append, AuditKind.REJECT, now, node=self.node, record=record)
+        except StorageError as failure:  # the reject stands; the audit trail is what is lost
+            _log.error("cannot record a reject: %s", failure.message)
+
+    def _open(self, mail_from: str, recipients: Sequence[str], raw: bytes, at: datetime) -> IncomingResult:
+        """Decrypt, verify and check trust for every recipient domain, then the AS-13 routing check."""
+        groups: dict[Any, list[DirectAddress]] = {}
+        for text in recipients:
+            address = DirectAddress.parse(text)
+            groups.setdefault(address.domain, []).append(address)
+        results: list[IncomingResult] = []
+        for group in groups.values():
+            credentials: list[Credential] = []
+            for address in group:
+                for credential in self.hosting.credentials(address):
+                    if credential not in credentials:
+                        credentials.append(credential)
+            if not credentials:
+                raise ConfigError(f"no credential is configured to decrypt for {group[0]}")
+            results.append(
+                self.agent.process_incoming(raw, credentials=credentials, trust=self.hosting.trust(group[0]), at=at)
+            )
+        result = results[0]
+        check_routing(mail_from, recipients, _headers(result.message), allow_null_sender=True)
+        self._tell(
+            "decrypted",
+            f"{result.decrypted.cipher.value} envelope opened with {_short(result.decrypted.recipient)}",
+        )
+        self._tell(
+            "verified",
+            f"signature of {result.sender} by {_short(result.signer)}; trusted with anchor "
+            f"{result.path.anchor.subject}",
+        )
+        return result
+
+    # -- workers ----------------------------------------------------------------------------------------
+
+    async def run_workers(self, stop: asyncio.Event, *, workers: int = 1, poll_interval: float = 1.0) -> None:
+        """Run ``workers`` worker tasks until ``stop`` is set; each finishes the job it holds, then returns.
+
+        :param stop: set to stop.
+        :param workers: worker tasks, ``>= 1``.
+        :param poll_interval: seconds between polls when idle (enqueues wake them at once).
+
+        Spec: issue 5 ("Workers claim work ... a claimed job whose node vanished is reclaimed after a lease").
+        """
+        self._wake = asyncio.Event()
+        await asyncio.gather(*(self._worker(stop, poll_interval) for _ in range(max(1, workers))))
+
+    async def _worker(self, stop: asyncio.Event, poll_interval: float) -> None:
+        assert self._wake is not None
+        while not stop.is_set():
+            try:
+                done = await self.run_once()
+            except HispError as exc:
+                _log.error("worker: %s", exc.message)
+                done = 0
+            except Exception:
+                _log.exception("worker failed")
+                done = 0
+            if done:
+                continue
+            self._wake.clear()
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            try:
+                await asyncio.wait(waits, timeout=poll_interval, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+
+    async def run_once(self, limit: int = 16) -> int:
+        """Claim due work once and do it.
+
+        :param limit: recipients claimed at most.
+        :returns: how many recipients were claimed.
+        :raises StorageError: the claim failed.
+        """
+        jobs = await self._run(self.queue.claim, self.node, self.clock(), self.lease_seconds, limit)
+        groups: dict[tuple[str, Direction, str], list[Job]] = {}
+        for job in jobs:
+            if job.direction is Direction.OUTGOING:
+                key = normalize_mailbox(job.address).rpartition("@")[2]
+            else:
+                key = self._endpoint_of(job.address) or ""
+            groups.setdefault((job.message_id, job.direction, key), []).append(job)
+        for (_, direction, _), group in groups.items():
+            try:
+                if direction is Direction.OUTGOING:
+                    await self._outgoing(group)
+                else:
+                    await self._incoming(group)
+            except HispError as exc:  # storage trouble mid-way: the lease brings unfinished jobs back
+                _log.error("message %s: %s", group[0].message_id, exc.message)
+            except Exception:
+                _log.exception("message %s failed; its claims come back when their lease ends", group[0].message_id)
+        return len(jobs)
+
+    def _endpoint_of(self, address: str) -> str | None:
+        try:
+            return self.hosting.endpoint(DirectAddress.parse(address))
+        except AddressError:
+            return None
+
+    async def _outgoing(self, jobs: list[Job]) -> None:
+        now = self.clock()
+        raw = await self._run(self.store.raw, jobs[0].message_id)
+        try:
+            sender = _from_address(raw)
+        except AddressError as exc:
+            for job in jobs:
+                await self._bounce(job, f"cannot seal: {exc.message}", "5.1.7", raw=raw)
+            return
+        credentials = self.hosting.credentials(sender)
+        if not credentials:
+            for job in jobs:
+                await self._bounce(job, f"no credential can sign for {sender}", "5.7.1", raw=raw)
+            return
+        certificates: dict[DirectAddress, tuple[Certificate, ...]] = {}
+        by_address: dict[DirectAddress, Job] = {}
+        for job in jobs:
+            try:
+                recipient = DirectAddress.parse(job.address)
+            except AddressError as exc:
+                await self._bounce(job, exc.message, "5.1.3", raw=raw)
+                continue
+            by_address[recipient] = job
+            if self.hosting.is_hosted(recipient):
+                certificates[recipient] = tuple(c.certificate for c in self.hosting.credentials(recipient))
+                continue
+            try:
+                found = await self.certificates.discover(sender.domain, recipient, at=now)
+            except CertificateNotFound as exc:
+                await self._bounce(job, f"no certificate found for {recipient}: {exc.message}", "5.7.31", raw=raw)
+                continue
+            except DiscoveryUnavailable as exc:
+                await self._retry(job, f"discovery of {recipient}: {exc.message}", "discovery", raw=raw)
+                continue
+            self._tell(
+                "discovered",
+                f"{recipient}: {', '.join(_short(c) for c in found.chosen)} ({found.reason})",
+            )
+            certificates[recipient] = found.chosen
+        if not certificates:
+            return
+        try:
+            sealed: OutgoingResult = await self._run(
+                self.agent.process_outgoing, raw, sender=credentials, recipients=certificates, at=now,
+                trust=self.hosting.trust(sender),
+            )
+        except TrustError as exc:
+            refused = {r.address: r for r in exc.context.get("rejected", ())}
+            for address in certificates:
+                r = refused.get(address)
+                await self._bounce(
+                    by_address[address], r.reason if r else exc.message, r.status if r else "5.7.1", raw=raw
+                )
+            return
+        except HispError as exc:  # malformed, Bcc, no signing credential: never retried
+            for address in certificates:
+                await self._bounce(by_address[address], exc.message, exc.smtp_status, raw=raw)
+            return
+        for rejected in sealed.rejected:  # AS-22: the others still go out
+            await self._bounce(by_address[rejected.address], rejected.reason, rejected.status, raw=raw)
+        self._tell("signed", f"by {_short(sealed.signer)} ({self.agent.policy.digest.display_name})")
+        encrypted_to = ", ".join(_short(c) for c in sealed.encrypted_to)
+        self._tell("encrypted", f"{self.agent.policy.cipher.value} to {encrypted_to}")
+        record = AuditRecord(
+            fingerprints=_fingerprints((sealed.signer, *sealed.encrypted_to)),
+            verdict="; ".join(f"recipient trusted: anchor {p.anchor.subject}" for p in sealed.recipient_paths[:4]),
+        )
+        local = [a for a in sealed.recipients if self.hosting.is_hosted(a)]
+        remote = [a for a in sealed.recipients if not self.hosting.is_hosted(a)]
+        for address in local:
+            await self._local(by_address[address], sealed.message, record, raw)
+        if not remote:
+            return
+        mail_from = jobs[0].mail_from
+        results = await self.relay.send(mail_from, [by_address[a].address for a in remote], sealed.message)
+        for address, outcome in zip(remote, results, strict=True):
+            job = by_address[address]
+            await self._settle(job, outcome, record, raw, step="relayed")
+
+    async def _local(self, job: Job, sealed: bytes, record: AuditRecord, original: bytes) -> None:
+        """A hosted recipient of an outgoing message: open it through the agent, queue it for delivery."""
+        now = self.clock()
+        try:
+            result = await self._run(self._open, job.mail_from, [job.address], sealed, now)
+        except HispError as exc:
+            await self._bounce(job, exc.message, exc.smtp_status, raw=original)
+            return
+        plain = trust_header(result) + result.message
+        envelope = Envelope(Direction.INCOMING, job.mail_from, (job.address,), _header(result.message, "Message-ID"))
+        incoming = AuditRecord(
+            fingerprints=_fingerprints((result.signer, result.decrypted.recipient)),
+            verdict=_verdict(result), reason="accepted from a hosted sender",
+        )
+        stored = await self._run(self.store.enqueue, envelope, plain, now=now, node=self.node, audit=incoming)
+        await self._run(
+            self.queue.complete, job, self.clock(), target="local", reply=f"250 2.0.0 queued locally as {stored.id}",
+            audit=record,
+        )
+        self.wake()
+
+    async def _incoming(self, jobs: list[Job]) -> None:
+        raw = await self._run(self.store.raw, jobs[0].message_id)
+        endpoint = self._endpoint_of(jobs[0].address)
+        if endpoint is None:
+            for job in jobs:
+                await self._bounce(job, f"no delivery endpoint is configured for {job.address}", "5.3.0", raw=raw)
+            return
+        trust = _header(raw, TRUST_HEADER) or ""
+        record = AuditRecord(verdict=trust[:300])
+        results = await self.edge.deliver(endpoint, jobs[0].mail_from, [j.address for j in jobs], raw)
+        for job, outcome in zip(jobs, results, strict=True):
+            await self._settle(job, outcome, record, raw, step="delivered")
+
+    async def _settle(self, job: Job, outcome: RecipientResult, record: AuditRecord, raw: bytes, *, step: str) -> None:
+        """End a claim after a relay or delivery: complete, retry later or bounce."""
+        target = outcome.host or ""
+        if outcome.outcome is DeliveryOutcome.DELIVERED:
+            done = AuditRecord(
+                fingerprints=record.fingerprints, verdict=record.verdict, reason=outcome.reply[:500], remote=target
+            )
+            await self._run(self.queue.complete, job, self.clock(), target=target, reply=outcome.reply, audit=done)
+            self._tell(step, f"{job.address} via {target}: {outcome.reply}")
+            return
+        if isinstance(outcome.error, PermanentDeliveryError):
+            found = _STATUS.search(outcome.reply)
+            status = str(outcome.error.context.get("status") or (found.group(1) if found else "5.0.0"))
+            await self._bounce(job, outcome.reply, status, raw=raw, target=target, reply=outcome.reply)
+            return
+        await self._retry(job, outcome.reply, target, raw=raw)
+
+    async def _retry(self, job: Job, reply: str, target: str, *, raw: bytes) -> None:
+        now = self.clock()
+        next_at = self.schedule.next_attempt_at(now, job.received_at, job.attempt, self.rng)
+        if next_at is None:
+            await self._bounce(job, f"lifetime expired; last: {reply}", "5.4.7", raw=raw, target=target, reply=reply)
+            return
+        await self._run(self.queue.retry_later, job, now, next_at, target=target, reply=reply[:500])
+        self._tell("retry", f"{job.address}: {reply} (next attempt {next_at.isoformat(timespec='seconds')})")
+
+    async def _bounce(
+        self, job: Job, reason: str, status: str, *, raw: bytes, target: str = "", reply: str = ""
+    ) -> None:
+        now = self.clock()
+        state = await self._run(
+            self.queue.bounce, job, now, reason[:500], target=target, reply=reply[:500],
+            audit=AuditRecord(reason=f"{status} {reason}"[:500], remote=target),
+        )
+        self._tell("bounced", f"{job.address}: {status} {reason}")
+        if state is RecipientState.BOUNCED:
+            with contextlib.suppress(HispError):
+                await self._send_dsn(job, reason, status if status.startswith("5.") else "5.0.0", raw, target, now)
+
+    async def _send_dsn(self, job: Job, reason: str, status: str, raw: bytes, remote: str, now: datetime) -> None:
+        """Queue the DSN owed to the sender: local delivery when the sender is ours, else the outgoing path."""
+        sender = DirectAddress.parse(job.mail_from)
+        ours = self.hosting.is_hosted(sender)
+        reporting_domain = sender.domain if ours else DirectAddress.parse(job.address).domain
+        dsn = build_bounce(
+            reporting=DirectAddress("postmaster", reporting_domain), to=str(sender), recipient=job.address,
+            status=status, reason=reason, original=raw, at=now, remote=remote,
+        )
+        direction = Direction.INCOMING if ours else Direction.OUTGOING
+        envelope = Envelope(direction, "", (str(sender),), _header(dsn, "Message-ID"))
+        record = AuditRecord(reason=f"DSN for {job.message_id} to {sender}: {status}")
+        stored = await self._run(self.store.enqueue, envelope, dsn, now=now, node=self.node, audit=record)
+        await self._run(
+            self.audit.append, AuditKind.NOTIFY, now, node=self.node, message_id=job.message_id,
+            record=AuditRecord(recipients=(str(sender),), reason=f"DSN queued as {stored.id}: {status} {reason}"[:500]),
+        )
+        self.wake()

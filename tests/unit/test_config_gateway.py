@@ -1,0 +1,169 @@
+"""The gateway part of the configuration file (issue 5): node, users, endpoints, listeners, relay, storage, queue.
+
+What this proves: defaults, values read as written (relative paths against the file), and every mistake an
+error naming the key; and ``hisp config check`` prints a summary or one error line.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hisp.addresses import DirectAddress
+from hisp.cli import main
+from hisp.config import RelayMode, load_config, parse_config
+from hisp.core.smtp_policy import hash_password
+from hisp.errors import ConfigError
+
+HASH = hash_password("a demo password", salt=b"0123456789abcdef")
+DOMAIN = """
+[[domain]]
+name = "direct.clinic.example"
+addresses = ["dr.a@direct.clinic.example", "dr.b@direct.clinic.example"]
+endpoint = "maildir:ehr/Maildir"
+
+[[domain.mailbox]]
+address = "dr.b@direct.clinic.example"
+endpoint = "lmtp://127.0.0.1:2424"
+"""
+USER = f"""
+[[user]]
+name = "ehr"
+password_hash = "{HASH}"
+addresses = ["dr.a@direct.clinic.example"]
+"""
+
+
+def test_defaults() -> None:
+    config = parse_config("")
+    assert config.node.name is None and config.node.hostname == "localhost"
+    assert config.users == () and config.listeners.submission is None and config.listeners.backbone is None
+    assert config.relay.mode is RelayMode.MX and config.relay.port == 25 and config.relay.dns_server is None
+    assert config.storage.url is None and config.queue.workers == 4
+    assert config.queue.retry.lifetime == timedelta(days=5)
+
+
+def test_everything(tmp_path: Path) -> None:
+    (tmp_path / "tls.pem").write_text("x")
+    (tmp_path / "tls.key").write_text("x")
+    text = DOMAIN + USER + """
+[node]
+name = "node-1"
+hostname = "mx.clinic.example"
+
+[limits]
+max_message_size = 1000000
+max_recipients = 50
+
+[listeners.submission]
+port = 1587
+tls_cert = "tls.pem"
+tls_key = "tls.key"
+
+[listeners.backbone]
+port = 1025
+max_recipients = 10
+
+[relay]
+mode = "smarthost"
+smarthost = "127.0.0.1:2525"
+require_tls = true
+dns_server = "127.0.0.1:5353"
+
+[storage]
+url = "sqlite:///db/hisp.sqlite3"
+spool_dir = "spool"
+
+[queue]
+retry_initial = 2
+retry_factor = 3
+retry_maximum = 60
+lifetime = 3600
+lease = 30
+workers = 8
+"""
+    path = tmp_path / "hisp.toml"
+    path.write_text(text)
+    config = load_config(path)
+    a, b = DirectAddress.parse("dr.a@direct.clinic.example"), DirectAddress.parse("dr.b@direct.clinic.example")
+    assert config.endpoint_for(a) is not None and config.endpoint_for(a).url == f"maildir:{tmp_path}/ehr/Maildir"
+    assert config.endpoint_for(b) is not None and config.endpoint_for(b).url == "lmtp://127.0.0.1:2424"
+    assert config.is_hosted(a) and not config.is_hosted(DirectAddress.parse("x@direct.clinic.example"))
+    (user,) = config.users
+    assert user.name == "ehr" and user.addresses == (a,)
+    submission, backbone = config.listeners.submission, config.listeners.backbone
+    assert submission is not None and backbone is not None
+    assert submission.port == 1587 and submission.tls_cert == tmp_path / "tls.pem"
+    assert submission.max_message_size == 1000000 and submission.max_recipients == 50  # from [limits]
+    assert backbone.max_recipients == 10 and backbone.tls_cert is None
+    assert config.relay.smarthost == ("127.0.0.1", 2525) and config.relay.require_tls
+    assert config.relay.dns_server == ("127.0.0.1", 5353)
+    assert config.storage.url == f"sqlite:///{tmp_path}/db/hisp.sqlite3"
+    assert config.storage.spool_dir == tmp_path / "spool"
+    retry = config.queue.retry
+    assert (retry.initial, retry.factor, retry.maximum, retry.lifetime) == (
+        timedelta(seconds=2), 3.0, timedelta(seconds=60), timedelta(seconds=3600)
+    )
+    assert (config.queue.lease, config.queue.workers, config.node.name) == (30.0, 8, "node-1")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("[node]\nname = 'a b'", "node.name", "letters"),
+        ("[node]\ncolour = 1", "node.colour", "unknown key"),
+        (DOMAIN + "[[user]]\nname = 'u'\npassword = 'secret'\npassword_hash = '" + HASH + "'\naddresses = []",
+         r"user\[0\]\.password", "never put a password"),
+        (DOMAIN + "[[user]]\nname = 'u'\npassword_hash = 'plain'\naddresses = ['dr.a@direct.clinic.example']",
+         r"user\[0\]\.password_hash", "hisp user add"),
+        (DOMAIN + "[[user]]\nname = 'u'\npassword_hash = '" + HASH + "'\naddresses = ['x@elsewhere.example']",
+         r"user\[0\]\.addresses", "not an address of a hosted"),
+        ("[[domain]]\nname = 'd.example'\nendpoint = 'ftp://x'", r"domain\[0\]\.endpoint", "smtp, lmtp or maildir"),
+        ("[[domain]]\nname = 'd.example'\nendpoint = 'smtp://host'", r"domain\[0\]\.endpoint", "host:port"),
+        ("[[domain]]\nname = 'd.example'\n[[domain.mailbox]]\naddress = 'a@d.example'\nendpoint = 'maildir:/m'",
+         r"domain\[0\]\.mailbox\[0\]\.address", "not one of the domain's addresses"),
+        (DOMAIN + USER + "[listeners.submission]\nport = 587", "listeners.submission.tls_cert", "is required"),
+        ("[listeners.submission]\ntls_cert = '/nonexistent'\ntls_key = '/nonexistent'",
+         "listeners.submission.tls_cert", "no such file"),
+        ("[listeners.backbone]\nport = 70000", "listeners.backbone.port", "between 0 and 65535"),
+        ("[listeners.backbone]\ntls_cert = 'x.pem'", "listeners.backbone.tls_key", "both"),
+        ("[relay]\nmode = 'carrier-pigeon'", "relay.mode", "mx or smarthost"),
+        ("[relay]\nmode = 'smarthost'", "relay.smarthost", "is required"),
+        ("[relay]\nsmarthost = 'h:25'", "relay.smarthost", "only used"),
+        ("[relay]\ndns_server = 'ns.example:53'", "relay.dns_server", "IP address"),
+        ("[storage]\nurl = 'mysql://x'", "storage.url", "sqlite"),
+        ("[storage]\nurl = 'sqlite:///:memory:'", "storage.url", "in-memory"),
+        ("[queue]\nretry_initial = 10\nretry_maximum = 5", "queue.retry_maximum", "at least retry_initial"),
+        ("[queue]\nworkers = 0", "queue.workers", "between 1 and"),
+        ("[queue]\nlease = 'long'", "queue.lease", "number of seconds"),
+        ("[limits]\nmax_message_size = 0", "limits.max_message_size", "between 1 and"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 and " " not in v else None,
+)
+def test_errors_name_the_key(text: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"hisp\.toml: {key}: .*{problem}"):
+        parse_config(text, source="hisp.toml")
+
+
+def test_config_check_prints_a_summary(tmp_path: Path) -> None:
+    path = tmp_path / "hisp.toml"
+    path.write_text(DOMAIN + USER + "[listeners.backbone]\nport = 2525\n")
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{path}: valid" in result.output
+    assert "domain direct.clinic.example: 2 addresses" in result.output
+    assert "dr.b@direct.clinic.example -> lmtp://127.0.0.1:2424" in result.output
+    assert "user ehr: may send from dr.a@direct.clinic.example" in result.output
+    assert "submission: not run" in result.output and "backbone: 127.0.0.1:2525" in result.output
+    assert f"storage: sqlite:///{tmp_path}/hisp.sqlite3" in result.output
+
+
+def test_config_check_fails_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "hisp.toml"
+    path.write_text("[queue]\nworkers = 0\n")
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"hisp: {path}: queue.workers: must be between 1 and 256"
