@@ -104,7 +104,7 @@ Example::
     dns_server = "127.0.0.1:53"  # for MX and certificate discovery (default: the system resolver)
 
     [storage]
-    url = "sqlite:///var/lib/hisp/hisp.sqlite3"   # default: hisp.sqlite3 beside this file
+    url = "sqlite:////var/lib/hisp/hisp.sqlite3"  # 4 slashes: absolute; default hisp.sqlite3 beside this file
     spool_dir = "spool"          # large messages as files (default: none, everything in the database)
 
     [queue]
@@ -431,7 +431,11 @@ def _trust(source: str, table: Mapping[str, Any], base: Path) -> TrustConfig:
     for sub in _tables(reader, "anchor"):
         file = sub.path("file")
         assert file is not None
-        anchors.append(AnchorConfig(file, *_scope(sub)))
+        scope = _scope(sub)
+        if not file.is_file():
+            # checked now, not when the first message arrives: a missing anchor silently trusts nobody
+            raise sub.error("file", f"{file} does not exist or is not a file")
+        anchors.append(AnchorConfig(file, *scope))
         sub.finish()
 
     bundles: list[BundleConfig] = []
@@ -890,6 +894,12 @@ def _domains(top: _Reader, dns_config: DnsConfig) -> tuple[HostedDomainConfig, .
     return tuple(hosted)
 
 
+#: The tables a configuration file may have.
+_TOP_LEVEL_TABLES = frozenset(
+    {"trust", "dns", "ldap", "domain", "node", "user", "limits", "listeners", "relay", "storage", "queue"}
+)
+
+
 def parse_config(text: str, *, source: str = "<config>", base: Path | None = None) -> Config:
     """Validate configuration text.
 
@@ -912,6 +922,10 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
     except RecursionError:  # tomllib parses nested arrays and inline tables recursively
         raise ConfigError(f"{source}: not valid TOML: arrays or tables nested too deeply", file=source) from None
     top = _Reader(source, document, "", base)
+    # a misspelt table ([dsn]) must be named as such, before the missing keys it causes are reported
+    unknown = sorted(set(document) - _TOP_LEVEL_TABLES)
+    if unknown:
+        raise top.error(unknown[0], "unknown key" + (f" (also: {', '.join(unknown[1:])})" if unknown[1:] else ""))
     trust_table = top.get("trust", dict, {})
     trust = _trust(source, trust_table, base)
     dns_config = _dns(source, top.get("dns", dict, {}), base)

@@ -24,7 +24,7 @@ domains = ["Direct.Clinic.Example"]
 directions = ["incoming"]
 
 [[trust.anchor]]
-file = "/etc/hisp/anchors/ehr-ca.pem"
+file = "ABSOLUTE/ehr-ca.pem"
 addresses = ["dr.example@direct.clinic.example"]
 
 [[trust.bundle]]
@@ -43,7 +43,12 @@ policy = "direct-1.2"
 
 
 def test_example_configuration(tmp_path: Path) -> None:
-    (tmp_path / "hisp.toml").write_text(EXAMPLE)
+    elsewhere = tmp_path / "elsewhere"
+    (tmp_path / "anchors").mkdir()
+    elsewhere.mkdir()
+    (tmp_path / "anchors" / "partner-ca.pem").write_text("anchor")
+    (elsewhere / "ehr-ca.pem").write_text("anchor")
+    (tmp_path / "hisp.toml").write_text(EXAMPLE.replace("ABSOLUTE", str(elsewhere)))
     config = load_config(tmp_path / "hisp.toml")
     trust = config.trust
     assert trust.clock_skew == 120
@@ -53,7 +58,7 @@ def test_example_configuration(tmp_path: Path) -> None:
     assert first.file == tmp_path / "anchors" / "partner-ca.pem"
     assert first.domains == (HealthDomain("direct.clinic.example"),)
     assert first.directions == frozenset({Direction.INCOMING})
-    assert second.file == Path("/etc/hisp/anchors/ehr-ca.pem")
+    assert second.file == elsewhere / "ehr-ca.pem"
     assert second.addresses == (DirectAddress.parse("dr.example@direct.clinic.example"),)
     assert second.directions == frozenset(Direction)
     (bundle,) = trust.bundles
@@ -125,9 +130,10 @@ def test_empty_configuration_has_defaults() -> None:
         "anchor-type",
     ],
 )
-def test_errors_name_the_file_and_key(text: str, message: str) -> None:
+def test_errors_name_the_file_and_key(text: str, message: str, tmp_path: Path) -> None:
+    (tmp_path / "a.pem").write_text("an anchor file that exists")
     with pytest.raises(ConfigError) as caught:
-        parse_config(text, source="hisp.toml")
+        parse_config(text, source="hisp.toml", base=tmp_path)
     assert caught.value.message.startswith("hisp.toml: ")
     assert message in caught.value.message
 
@@ -143,3 +149,15 @@ def test_unreadable_and_oversized_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(binary)
+
+
+def test_missing_anchor_file_is_refused_at_load(tmp_path: Path) -> None:
+    """A missing anchor file would silently trust nobody: refused when the configuration is loaded."""
+    text = "[[trust.anchor]]\nfile = 'anchors/none.pem'\ndomains = ['a.example']"
+    with pytest.raises(ConfigError, match=r"trust\.anchor\[0\]\.file: .*none\.pem does not exist"):
+        parse_config(text, source="hisp.toml", base=tmp_path)
+
+
+def test_misspelt_table_is_named_first() -> None:
+    with pytest.raises(ConfigError, match=r"hisp\.toml: dsn: unknown key"):
+        parse_config("[dsn]\nttl = 60\n[[domain]]\nname = 'a.example'", source="hisp.toml")
