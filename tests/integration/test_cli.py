@@ -193,7 +193,7 @@ def test_pkcs12_credential_with_password() -> None:
 
 
 def test_walkthrough_runs(tmp_path: Path) -> None:
-    """The README's first command runs the walk-through; it must keep working."""
+    """The README points operators at the walk-through; it must keep working."""
     result = subprocess.run(
         ["sh", str(REPO / "examples" / "walkthrough.sh"), str(tmp_path / "out")],
         capture_output=True,
