@@ -21,6 +21,7 @@ Spec: RFC 5321 sections 3.3, 4.2, 4.5.3.2 (timeouts) and 5.1; RFC 3207; RFC 7505
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import random
@@ -50,6 +51,16 @@ __all__ = ["MxResolver", "MxRoute", "RelayResult", "SmtpRelay", "SmtpSession", "
 _log = logging.getLogger("hisp.relay")
 
 
+@functools.cache
+def _opportunistic_context() -> ssl.SSLContext:
+    """One shared unverified client context: building one loads the system CA store (~20 ms) for nothing."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def client_tls_context(*, verify: bool = False, cafile: str | None = None) -> ssl.SSLContext:
     """A client TLS context for STARTTLS: TLS 1.2 or later; certificates verified only when asked.
 
@@ -60,6 +71,8 @@ def client_tls_context(*, verify: bool = False, cafile: str | None = None) -> ss
 
     Spec: RFC 3207 section 4.1; RFC 7435 (opportunistic security); RFC 8996.
     """
+    if not verify:
+        return _opportunistic_context()
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if verify:
@@ -295,7 +308,7 @@ class SmtpSession:
                 options = []
                 if client.supports_extension("size"):
                     options.append(f"SIZE={len(raw)}")
-                if client.supports_extension("8bitmime") and any(b > 0x7F for b in raw):
+                if client.supports_extension("8bitmime") and not raw.isascii():
                     options.append("BODY=8BITMIME")
                 await client.mail(mail_from, options=options)
             except aiosmtplib.SMTPResponseException as exc:

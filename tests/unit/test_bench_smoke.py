@@ -1,5 +1,5 @@
-"""Smoke tests of the benchmarks: ``bench/smime.py --quick`` and ``bench/discovery.py --quick`` still run and
-print their tables.
+"""Smoke tests of the benchmarks: ``bench/smime.py --quick``, ``bench/discovery.py --quick`` and
+``bench/gateway.py --quick`` still run and print their tables.
 
 They assert no timing (a benchmark is not a test); they only keep the scripts from rotting when the APIs
 change.
@@ -17,6 +17,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "smime.py"
 DISCOVERY_BENCH = BENCH.parent / "discovery.py"
+GATEWAY_BENCH = BENCH.parent / "gateway.py"
 
 
 @pytest.mark.interop
@@ -55,3 +56,23 @@ def test_quick_discovery_benchmark_runs_and_prints_its_figures() -> None:
     assert re.search(r"^lookup \(cache hit\)\s+\d+\s+[\d.]+\s+[\d.]+$", out, re.MULTILINE), out
     assert re.search(r"^DiscoveryCache\.get\s+\d+\s+[\d.]+\s+[\d.]+$", out, re.MULTILINE), out
     assert "targets" in out and "warm lookup p99 under 0.2 ms" in out
+
+
+def test_quick_gateway_benchmark_runs_and_prints_its_table() -> None:
+    # Two HISP nodes on loopback, a handful of messages each size; no timing is asserted.
+    result = subprocess.run(
+        [sys.executable, str(GATEWAY_BENCH), "--quick"],
+        capture_output=True,
+        timeout=240,
+        check=False,
+        cwd=GATEWAY_BENCH.parents[1],
+    )
+    out = result.stdout.decode(errors="replace")
+    assert result.returncode == 0, out + result.stderr.decode(errors="replace")[-2000:]
+    header = r"^size\s+plain\s+msgs\s+ok\s+msg/s\s+p50 ms\s+p99 ms\b.*CPU s/msg\s+floor\s+ratio"
+    assert re.search(header, out, re.M), out
+    for size in ("10k", "1m"):
+        # every message delivered intact: msgs == ok
+        assert re.search(rf"^\s*{size}\s+[\d.]+ [kM]B\s+(\d+)\s+\1\s+[\d.]+\s+[\d.]+\s+[\d.]+\s", out, re.M), out
+    assert re.search(r"^RSA floor: .* = [\d,.]+ msg/s$", out, re.M), out
+    assert re.search(r"^\s+(PASS|MISS)\s+10k at >= 0\.5 of the RSA floor", out, re.M), out
