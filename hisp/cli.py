@@ -27,11 +27,19 @@ from hisp.adapters import http
 from hisp.adapters.bundles import DEFAULT_TIMEOUT, write_atomically
 from hisp.adapters.revocation import BoundedFetcherBackend
 from hisp.addresses import DirectAddress, parse_address_list
-from hisp.commands.common import fail_cleanly, iso_option, parse_time
+from hisp.commands.common import (
+    bundle_anchors,
+    certificates_from,
+    fail_cleanly,
+    iso_option,
+    parse_time,
+    read_bundle_source,
+    read_small,
+)
 from hisp.core import devca, mime
 from hisp.core.agent import SecurityAgent, StaticAnchors
 from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, TrustBundle, describe_anchor, parse_bundle
-from hisp.core.certs import Certificate, Credential, load_certificates, load_credential
+from hisp.core.certs import Certificate, Credential, load_credential
 from hisp.core.policy import (
     PRESETS,
     ContentCipher,
@@ -50,27 +58,6 @@ __all__ = ["main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Files an operator points us at are certificates and keys: refuse anything absurdly large.
-_MAX_CREDENTIAL_FILE = 1024 * 1024
-
-
-def _read_small(path: str, option: str) -> bytes:
-    """Read a certificate or key file named by ``option``; refuse empty and oversized files.
-
-    :raises ConfigError: empty or larger than 1 MiB, naming the option and the file.
-    """
-    data = Path(path).read_bytes()
-    if not data:
-        raise ConfigError(f"{option} {path}: the file is empty")
-    if len(data) > _MAX_CREDENTIAL_FILE:
-        raise ConfigError(f"{option} {path}: {len(data)} bytes is too large for a certificate or key file")
-    return data
-
-
-def _certificates_from(path: str, option: str) -> list[Certificate]:
-    try:
-        return load_certificates(_read_small(path, option))
-    except CertificateError as exc:
-        raise CertificateError(f"{option} {path}: {exc.message}") from None
 
 
 def _password_bytes(value: str | None) -> bytes | None:
@@ -239,8 +226,8 @@ def _load_credential(
     :raises click.UsageError: no key option for a certificate that is not PKCS#12 (exit 2).
     :raises CertificateError: unreadable, mismatched or wrongly protected files (exit 1).
     """
-    cert_data = _read_small(cert, cert_option)
-    key_data = _read_small(key, key_option) if key else None
+    cert_data = read_small(cert, cert_option)
+    key_data = read_small(key, key_option) if key else None
     if key_data is None and not _looks_like_pkcs12(cert_data):
         raise click.UsageError(f"{key_option} is required unless {cert_option} names a PKCS#12 file")
     secret = _password_bytes(password)
@@ -386,7 +373,7 @@ def message_outgoing(
     sender = _load_our_credentials(cert, key, password)
     certificates: list[Certificate] = []
     for path in to_certs:
-        certificates.extend(_certificates_from(path, "--to-cert"))
+        certificates.extend(certificates_from(path, "--to-cert"))
     plain = _read_input(input_file, agent.limits.max_message_bytes)
     entity = mime.parse_entity(plain, agent.limits)
     addresses = parse_address_list(entity.header_all("To") + entity.header_all("Cc"))
@@ -440,7 +427,7 @@ def message_incoming(
     at = parse_time(at_text)
     agent = SecurityAgent(policy=policy)
     credentials = _load_our_credentials(cert, key, password)
-    anchors = tuple(cert for path in anchor_paths for cert in _certificates_from(path, "--anchor"))
+    anchors = tuple(cert for path in anchor_paths for cert in certificates_from(path, "--anchor"))
     raw = _read_input(input_file, agent.limits.max_message_bytes)
     result = agent.process_incoming(raw, credentials=credentials, trust=StaticAnchors(anchors), at=at)
     if explain:
@@ -505,15 +492,7 @@ def _is_url(text: str) -> bool:
 
 
 def _signers(paths: Sequence[str]) -> list[Certificate]:
-    return [cert for path in paths for cert in _certificates_from(path, "--signer")]
-
-
-def _read_bundle_file(path: str, max_bytes: int) -> bytes:
-    with open(path, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ConfigError(f"{path}: larger than the limit of {max_bytes} bytes for a trust bundle")
-    return data
+    return [cert for path in paths for cert in certificates_from(path, "--signer")]
 
 
 class _Progress:
@@ -586,12 +565,7 @@ def trust_bundle_show(
     at = parse_time(at_text)
     policy = policy_from_name(policy_name)
     signers = _signers(signer_paths)
-    if _is_url(source):
-        result = http.fetch(source, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES)
-        assert result.body is not None  # no validators sent: never a 304
-        data = result.body
-    else:
-        data = _read_bundle_file(source, DEFAULT_MAX_BUNDLE_BYTES)
+    data = read_bundle_source(source, timeout=timeout, option="FILE_OR_URL")
     bundle = parse_bundle(data, source=source, signing_certificates=signers, at=at, policy=policy)
     report = _bundle_report(bundle, at)
     if as_json:
@@ -642,31 +616,6 @@ def trust_bundle_fetch(
 @main.group()
 def cert() -> None:
     """Certificates: explained trust decisions."""
-
-
-def _cli_bundle_anchors(
-    source: str, timeout: float, at: datetime, policy_name: str, signers: Sequence[Certificate] = ()
-) -> list[Certificate]:
-    """The anchors of a bundle file or URL.
-
-    With ``signers`` the bundle must be signed by one of them (an unsigned bundle, a bad signature or
-    another signer is refused); without, a signed bundle's anchors are used unverified.
-    """
-    if _is_url(source):
-        result = http.fetch(source, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES)
-        assert result.body is not None  # no validators sent: never a 304
-        data = result.body
-    else:
-        data = _read_bundle_file(source, DEFAULT_MAX_BUNDLE_BYTES)
-    bundle = parse_bundle(
-        data,
-        source=source,
-        signing_certificates=signers,
-        require_signature=bool(signers),
-        at=at,
-        policy=policy_from_name(policy_name),
-    )
-    return list(bundle.anchors)
 
 
 @cert.command("validate")
@@ -743,12 +692,14 @@ def cert_validate(
         bound = DirectAddress.parse(address) if address is not None else None
     except AddressError as exc:
         raise click.BadParameter(exc.message, param_hint="--address") from None
-    leaf, *intermediates = _certificates_from(cert_path, "CERT")
-    bundle_signers = [c for path in bundle_signer_paths for c in _certificates_from(path, "--bundle-signer")]
-    anchors = [TrustAnchor(c, path) for path in anchor_paths for c in _certificates_from(path, "--anchor")] + [
+    leaf, *intermediates = certificates_from(cert_path, "CERT")
+    bundle_signers = [c for path in bundle_signer_paths for c in certificates_from(path, "--bundle-signer")]
+    anchors = [TrustAnchor(c, path) for path in anchor_paths for c in certificates_from(path, "--anchor")] + [
         TrustAnchor(c, f"bundle {source}")
         for source in bundle_sources
-        for c in _cli_bundle_anchors(source, timeout, at, policy_name, bundle_signers)
+        for c in bundle_anchors(
+            source, timeout=timeout, at=at, policy=policy_from_name(policy_name), signers=bundle_signers
+        )
     ]
     way = Direction(direction)
     store = TrustStore(

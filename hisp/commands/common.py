@@ -6,16 +6,32 @@ Exit status everywhere: 0 success, 1 failure of the operation (one stderr line s
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from hisp.errors import HispError
+from hisp.adapters import http
+from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, parse_bundle
+from hisp.core.certs import Certificate, load_certificates
+from hisp.core.policy import SecurityPolicy
+from hisp.errors import CertificateError, ConfigError, HispError
 
-__all__ = ["fail_cleanly", "iso_option", "parse_time"]
+__all__ = [
+    "bundle_anchors",
+    "certificates_from",
+    "fail_cleanly",
+    "iso_option",
+    "parse_time",
+    "read_bundle_source",
+    "read_small",
+]
+
+# Files an operator points us at are certificates and keys: refuse anything absurdly large (bytes).
+MAX_CREDENTIAL_FILE = 1024 * 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,3 +79,84 @@ def iso_option(ctx: click.Context, param: click.Parameter, value: str | None) ->
     if value is None:
         return None
     return parse_time(value, "/".join(param.opts) if param.opts else "--at")
+
+
+def read_small(path: str, option: str) -> bytes:
+    """Read a certificate or key file named by ``option``; refuse empty and oversized files.
+
+    :param path: the file.
+    :param option: the option that named it, for the message (``"--anchor"``).
+    :returns: its bytes.
+    :raises ConfigError: empty or larger than :data:`MAX_CREDENTIAL_FILE` bytes, naming the option and file.
+    :raises OSError: it cannot be read.
+    """
+    data = Path(path).read_bytes()
+    if not data:
+        raise ConfigError(f"{option} {path}: the file is empty")
+    if len(data) > MAX_CREDENTIAL_FILE:
+        raise ConfigError(f"{option} {path}: {len(data)} bytes is too large for a certificate or key file")
+    return data
+
+
+def certificates_from(path: str, option: str) -> list[Certificate]:
+    """Every certificate in a PEM, DER or PKCS#7 file named by ``option``.
+
+    :raises CertificateError: not certificates, with the option and file in the message.
+    :raises ConfigError: empty or oversized file.
+    """
+    try:
+        return load_certificates(read_small(path, option))
+    except CertificateError as exc:
+        raise CertificateError(f"{option} {path}: {exc.message}") from None
+
+
+def read_bundle_source(source: str, *, timeout: float, option: str = "--bundle") -> bytes:
+    """A trust bundle's bytes from a file or an http(s) URL, at most the bundle size limit.
+
+    :param source: a path or an ``http://`` / ``https://`` URL.
+    :param timeout: seconds for the whole fetch.
+    :param option: the option that named it, for usage errors.
+    :returns: the bytes.
+    :raises click.BadParameter: another URL scheme (exit status 2).
+    :raises ConfigError: the file is over the limit.
+    :raises DiscoveryUnavailable: the server did not answer (from :func:`hisp.adapters.http.fetch`).
+    :raises InputError: the server refused or sent too much.
+
+    Spec: TB-3 (bounded fetch).
+    """
+    if "://" in source:
+        if not source.lower().startswith(("http://", "https://")):
+            raise click.BadParameter(f"only http and https URLs can be fetched, not {source!r}", param_hint=option)
+        result = http.fetch(source, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES)
+        return result.body or b""  # no validators were sent: never a 304
+    with open(source, "rb") as handle:
+        data = handle.read(DEFAULT_MAX_BUNDLE_BYTES + 1)
+    if len(data) > DEFAULT_MAX_BUNDLE_BYTES:
+        raise ConfigError(f"{source}: larger than the limit of {DEFAULT_MAX_BUNDLE_BYTES} bytes for a trust bundle")
+    return data
+
+
+def bundle_anchors(
+    source: str,
+    *,
+    timeout: float,
+    at: datetime,
+    policy: SecurityPolicy,
+    signers: Sequence[Certificate] = (),
+) -> list[Certificate]:
+    """The anchors of a bundle file or URL; with ``signers`` it must be signed by one of them (TB-2).
+
+    Without ``signers`` a signed bundle's anchors are used unverified (the caller says so to the user).
+
+    :raises TrustError: a required signature is missing, bad or by another signer.
+    :raises MessageFormatError: not a bundle.
+    """
+    bundle = parse_bundle(
+        read_bundle_source(source, timeout=timeout),
+        source=source,
+        signing_certificates=signers,
+        require_signature=bool(signers),
+        at=at,
+        policy=policy,
+    )
+    return list(bundle.anchors)

@@ -13,20 +13,16 @@ import ipaddress
 import socket
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 
 import click
 
-from hisp.adapters import http
 from hisp.adapters.discovery import CertificateDiscovery
 from hisp.adapters.dns import DnsClient, parse_server
 from hisp.addresses import DirectAddress
-from hisp.commands.common import parse_time
+from hisp.commands.common import bundle_anchors, certificates_from, parse_time
 from hisp.core.agent import RecipientTrust, StaticAnchors
-from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, parse_bundle
-from hisp.core.certs import Certificate, load_certificates
-from hisp.core.policy import PRESETS, SecurityPolicy, policy_from_name
-from hisp.errors import AddressError, CertificateError, ConfigError, HispError
+from hisp.core.policy import PRESETS, policy_from_name
+from hisp.errors import AddressError, ConfigError, HispError
 
 __all__ = ["discover"]
 
@@ -49,34 +45,6 @@ def _server(value: str | None) -> tuple[str, int] | None:
             raise click.BadParameter(f"cannot resolve {host!r}: {exc}", param_hint="--dns-server") from None
         host = str(infos[0][4][0])
     return host, port
-
-
-def _anchors(paths: Sequence[str]) -> list[Certificate]:
-    out: list[Certificate] = []
-    for path in paths:
-        with open(path, "rb") as handle:
-            data = handle.read(_MAX_ANCHOR_FILE + 1)
-        if not data or len(data) > _MAX_ANCHOR_FILE:
-            raise ConfigError(f"--anchor {path}: empty or larger than {_MAX_ANCHOR_FILE} bytes")
-        try:
-            out.extend(load_certificates(data))
-        except CertificateError as exc:
-            raise CertificateError(f"--anchor {path}: {exc.message}") from None
-    return out
-
-
-def _bundles(sources: Sequence[str], at: datetime, policy: SecurityPolicy, timeout: float) -> list[Certificate]:
-    out: list[Certificate] = []
-    for source in sources:
-        if "://" in source:
-            if not source.lower().startswith(("http://", "https://")):
-                raise click.BadParameter(f"only http(s) URLs can be fetched, not {source!r}", param_hint="--bundle")
-            body = http.fetch(source, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES).body or b""
-        else:
-            with open(source, "rb") as handle:
-                body = handle.read(DEFAULT_MAX_BUNDLE_BYTES + 1)
-        out.extend(parse_bundle(body, source=source, at=at, policy=policy).anchors)
-    return out
 
 
 @click.command("discover")
@@ -149,7 +117,9 @@ def discover(
     server = _server(dns_server)
     policy = policy_from_name(policy_name)
     try:
-        anchors = _anchors(anchor_paths) + _bundles(bundle_sources, at, policy, timeout)
+        anchors = [c for path in anchor_paths for c in certificates_from(path, "--anchor")] + [
+            c for source in bundle_sources for c in bundle_anchors(source, timeout=timeout, at=at, policy=policy)
+        ]
         dns = DnsClient(server, timeout=min(timeout, 2.0), lifetime=timeout, require_dnssec=require_dnssec)
         trust: RecipientTrust = StaticAnchors(tuple(anchors))
         discovery = CertificateDiscovery(
