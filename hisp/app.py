@@ -5,7 +5,8 @@ discovery (one cache per hosted sender domain, judged against that domain's outg
 delivery and the :class:`~hisp.pipeline.Pipeline`, then starts the listeners configured (submission,
 backbone) and ``workers`` worker tasks in this process. :meth:`Node.stop` stops listening, lets the DATA
 transactions in flight finish (their replies are sent), lets every worker finish the job it holds, and closes
-the store. Trust bundles are refreshed in the background on their interval.
+the store. Trust bundles are refreshed in the background on their interval. :meth:`Node.reload` (``hisp serve``
+on SIGHUP) swaps in the trust anchors and bundles of a new configuration; everything else needs a restart.
 
 Nothing here decides anything: the pipeline and the cores do. This module only wires (DESIGN.md section 2).
 
@@ -198,6 +199,7 @@ class Node:
         self.submission: SmtpListener | None = None
         self.backbone: SmtpListener | None = None
         self._stop = asyncio.Event()
+        self._stores: TrustStores | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._executor = ThreadPoolExecutor(max_workers=max(4, 2 * self.workers), thread_name_prefix="hisp-work")
 
@@ -244,7 +246,7 @@ class Node:
         """
         loop = asyncio.get_running_loop()
         store, pipeline, stores = await loop.run_in_executor(self._executor, self._build)
-        self.store, self.pipeline = store, pipeline
+        self.store, self.pipeline, self._stores = store, pipeline, stores
         hostname = self.config.node.hostname
 
         async def submitted(envelope: SmtpEnvelope, raw: bytes) -> str:
@@ -279,19 +281,62 @@ class Node:
         self._tasks.append(asyncio.create_task(
             pipeline.run_workers(self._stop, workers=self.workers, poll_interval=self.config.queue.poll_interval)
         ))
-        if self.config.trust.bundles:
-            self._tasks.append(asyncio.create_task(self._refresh_bundles(stores)))
+        self._tasks.append(asyncio.create_task(self._refresh_bundles()))
 
-    async def _refresh_bundles(self, stores: TrustStores) -> None:
+    async def _refresh_bundles(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), BUNDLE_CHECK_INTERVAL)
             if self._stop.is_set():
                 return
+            stores = self._stores  # the one in force: a reload may have replaced it
+            if stores is None or not stores.refreshers:
+                continue
             try:
                 await asyncio.get_running_loop().run_in_executor(self._executor, stores.refresh, self.clock())
             except HispError as exc:
                 _log.error("trust bundle refresh: %s", exc.message)
+
+    async def reload(self, config: Config) -> list[str]:
+        """Apply what can change safely while running: the trust anchors and bundles (files read again, bundles
+        restored from their cache and refreshed when due), per-domain revocation modes and policies of the
+        trust stores. Messages in flight finish with the stores they started with; new ones use the new ones.
+
+        Nothing is changed when this raises: the node keeps running on its current configuration.
+
+        :param config: the new configuration, already loaded (validated) by :func:`hisp.config.load_config`.
+        :returns: the parts that changed but need a restart to take effect (``"listeners"``, ...), for a warning.
+        :raises ConfigError: an anchor or bundle-signer file cannot be loaded.
+        :raises HispError: the node is not running.
+
+        Spec: issue 5 ("``hisp serve``"); deploy/hisp.service ``ExecReload=`` (SIGHUP).
+        """
+        if self.pipeline is None or self._stop.is_set():
+            raise HispError("the node is not running")
+        now = self.clock()
+
+        def build() -> TrustStores:
+            stores = TrustStores(config.trust, now=now)
+            stores.refresh(now)  # bundles due now (never fetched, or stale in the cache)
+            return stores
+
+        stores = await asyncio.get_running_loop().run_in_executor(self._executor, build)
+        hosting = self._hosting
+        if hosting.revocation is None and (
+            config.trust.revocation is not RevocationMode.OFF
+            or any(config.trust.for_domain(d.domain).revocation is not RevocationMode.OFF for d in self.config.domains)
+        ):
+            hosting.revocation = BoundedFetcherBackend()
+        hosting.stores = stores  # one assignment: readers see the old stores or the new ones, never a mix
+        self._stores = stores
+        old = self.config
+        restart = [
+            name for name in ("node", "domains", "users", "listeners", "relay", "storage", "queue", "limits")
+            if getattr(old, name) != getattr(config, name)
+        ]
+        if old.trust.policy != config.trust.policy:
+            restart.append("trust policy")
+        return restart
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop listening, finish the DATA transactions in flight, let workers end their jobs, close the store.

@@ -11,7 +11,8 @@ unknown under ``hard`` raises :class:`TrustUnavailable` (``451``), a storage fai
 
 **Outgoing** (an edge client's DATA on submission), :meth:`Pipeline.accept_outgoing`: enqueued durably, ``250``.
 
-**Workers** (:meth:`Pipeline.run_once`, :meth:`Pipeline.run_workers`) claim queued recipients under a lease and
+**Workers** (:meth:`Pipeline.run_once`, :meth:`Pipeline.run_workers`) claim queued recipients under a lease
+(renewed every third of it while the work runs: a slow relay or EHR is not reclaimed from a live node) and
 end every claim with exactly one of complete, retry_later or bounce (DESIGN.md section 1: "leaves the queue only
 delivered or bounced"):
 
@@ -458,6 +459,44 @@ class Pipeline:
         :raises StorageError: the claim failed.
         """
         jobs = await self._run(self.queue.claim, self.node, self.clock(), self.lease_seconds, limit)
+        if not jobs:
+            return 0
+        held = {job.recipient_id: job for job in jobs}
+        renewer = asyncio.create_task(self._renew_leases(held))
+        try:
+            await self._work(jobs, held)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        return len(jobs)
+
+    async def _renew_leases(self, held: dict[int, Job]) -> None:
+        """Keep the claims in ``held`` alive: renew each lease every third of it until its job is done.
+
+        A slow relay or edge delivery (longer than the lease) must not let another worker or node reclaim a
+        job this worker still runs, which would send the message twice. A job ended meanwhile (or whose claim
+        was lost) fails to renew with :class:`StorageError` and is dropped from ``held``.
+
+        Spec: issue 5 ("a claimed job whose node vanished is reclaimed after a lease expires": only then).
+        """
+        interval = self.lease_seconds / 3
+        while held:
+            await asyncio.sleep(interval)
+            for recipient_id, job in list(held.items()):
+                if recipient_id not in held:
+                    continue
+                try:
+                    renewed = await self._run(self.queue.renew, job, self.clock(), self.lease_seconds)
+                except StorageError as exc:  # ended meanwhile, or the claim was lost
+                    _log.debug("lease of %s not renewed: %s", job.address, exc.message)
+                    held.pop(recipient_id, None)
+                    continue
+                if recipient_id in held:
+                    held[recipient_id] = renewed
+
+    async def _work(self, jobs: list[Job], held: dict[int, Job]) -> None:
+        """Do the claimed jobs, grouped per message and destination; drop each group from ``held`` when done."""
         groups: dict[tuple[str, Direction, str], list[Job]] = {}
         for job in jobs:
             if job.direction is Direction.OUTGOING:
@@ -475,7 +514,9 @@ class Pipeline:
                 _log.error("message %s: %s", group[0].message_id, exc.message)
             except Exception:
                 _log.exception("message %s failed; its claims come back when their lease ends", group[0].message_id)
-        return len(jobs)
+            finally:
+                for job in group:  # ended, or left to come back when its lease ends: no longer renewed
+                    held.pop(job.recipient_id, None)
 
     def _endpoint_of(self, address: str) -> str | None:
         try:

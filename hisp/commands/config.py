@@ -6,6 +6,11 @@ environment or files named in the configuration), anchor files, TLS files. Print
 domains with their addresses, certificates and delivery endpoints, edge users, listeners, relay, storage and
 queue.
 
+Warnings (on stderr, ``warning: ...``; the exit status stays 0) name settings that are valid but easy to get
+wrong: a ``spool_dir`` with PostgreSQL storage. Nodes sharing one database may finish each other's messages, so
+they must all see the same spool directory (a shared file system, mounted at the same path) or run without one
+(every body in the database); a spool on a node's local disk makes large messages undeliverable from the others.
+
 Exit status: 0 valid, 1 invalid (one line on stderr says where and why), 2 usage errors.
 
 Spec: issue 5 ("Configuration": "``hisp config check FILE`` validates and prints a summary").
@@ -23,7 +28,7 @@ from hisp.adapters.truststores import load_anchor_file
 from hisp.commands.common import fail_cleanly
 from hisp.config import Config, ListenerConfig, RelayMode, load_config
 
-__all__ = ["check_config", "config_group", "summary"]
+__all__ = ["check_config", "config_group", "config_warnings", "summary"]
 
 
 def check_config(config: Config, environ: Mapping[str, str]) -> None:
@@ -43,6 +48,25 @@ def check_config(config: Config, environ: Mapping[str, str]) -> None:
                 certificate.certificate(environ)
     for anchor in config.trust.anchors:
         load_anchor_file(anchor.file)
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that are valid but often wrong, one line each (``hisp config check`` prints them).
+
+    :param config: the configuration.
+    :returns: the warnings, possibly none.
+
+    Spec: issue 5 ("several ``hisp serve`` nodes can share one database").
+    """
+    found = []
+    url = config.storage.url or ""
+    if url.startswith("postgresql") and config.storage.spool_dir is not None:
+        found.append(
+            f"[storage] spool_dir = {str(config.storage.spool_dir)!r} with PostgreSQL: every node sharing this "
+            "database must see the same spool directory at this path (shared storage), or leave spool_dir unset "
+            "to keep every message body in the database; another node cannot deliver a large message otherwise"
+        )
+    return found
 
 
 def _listener(name: str, listener: ListenerConfig | None) -> str:
@@ -107,3 +131,5 @@ def config_check(path: str) -> None:
     config = load_config(path)
     check_config(config, os.environ)
     click.echo(summary(config))
+    for warning in config_warnings(config):
+        click.echo(f"warning: {warning}", err=True)

@@ -253,3 +253,60 @@ def test_ehr_endpoint_down_then_up(tmp_path: Path) -> None:
             assert message.recipients[0].state is RecipientState.DELIVERED and message.recipients[0].attempts >= 2
 
     run(main())
+
+
+class SlowSink(Sink):
+    """An EHR endpoint that takes ``delay`` seconds to answer DATA; counts the DATA commands begun."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.begun = 0
+
+    async def handle_DATA(self, server: AioSMTP, session: Session, envelope: Envelope) -> str:
+        self.begun += 1
+        await asyncio.sleep(self.delay)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def send_backbone(port: int, message: bytes, recipients: tuple[str, ...] = (RECIPIENT,)) -> str:
+    """Send ``message`` from dr.smith to a node's backbone as a peer HISP would (STARTTLS)."""
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=20)
+    await client.connect()
+    try:
+        await client.starttls(tls_context=client_tls_context())
+        _, reply = await client.sendmail(SENDER, list(recipients), message)
+    finally:
+        await client.quit()
+    return reply
+
+
+def test_slow_ehr_delivery_renews_the_lease_and_is_not_claimed_twice(tmp_path: Path) -> None:
+    """A delivery lasting three leases: the worker renews its lease (every third of it), so no other worker
+    reclaims the job meanwhile, and the EHR gets the message once, in one attempt."""
+    from hisp.testing.process import free_port
+
+    ehr_port = free_port()
+    queue = QUICK.replace("workers = 2", "workers = 3") + "lease = 1\n"
+    setup = prepare(tmp_path, datetime.now(UTC), hospital_endpoint=f"smtp://127.0.0.1:{ehr_port}", queue=queue)
+    steps = Steps()
+    at = datetime.now(UTC)
+    sealed = seal(referral(ATTACHMENT, "note.xml", at), [setup.issued["smith"].credential],
+                  [setup.issued["jones"].certificate], at=at)
+
+    async def main() -> None:
+        async with node(setup.hospital.config, steps, "hospital") as hospital, \
+                sink_on(ehr_port, SlowSink(3.2)) as ehr:
+            assert hospital.pipeline is not None and hospital.pipeline.lease_seconds == 1
+            assert (await send_backbone(setup.hospital.backbone, sealed)).startswith("2.0.0 Ok: queued as")
+            await steps.wait("hospital", "delivered", timeout=15)
+            await asyncio.sleep(1.5)  # more than a lease: a reclaim would have begun a second DATA by now
+            assert isinstance(ehr, SlowSink) and ehr.begun == 1 and len(ehr.received) == 1
+            assert hospital.store is not None
+            (message,) = hospital.store.list_messages(direction=Direction.INCOMING)
+            assert message.recipients[0].state is RecipientState.DELIVERED and message.recipients[0].attempts == 1
+            detail = hospital.store.show(message.id)
+            assert [a.result for a in detail.attempts] == [RecipientState.DELIVERED]
+            assert [e.kind for e in detail.events] == [AuditKind.ACCEPT, AuditKind.DELIVER]
+
+    run(main())

@@ -167,3 +167,25 @@ def test_config_check_fails_with_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["config", "check", str(path)])
     assert result.exit_code == 1
     assert result.output.strip() == f"hisp: {path}: queue.workers: must be between 1 and 256"
+
+
+@pytest.mark.parametrize(
+    ("storage", "warned"),
+    [
+        ('url = "postgresql+psycopg://hisp@127.0.0.1/hisp"\nspool_dir = "spool"\n', True),
+        ('url = "postgresql+psycopg://hisp@127.0.0.1/hisp"\n', False),
+        ('url = "sqlite:///hisp.sqlite3"\nspool_dir = "spool"\n', False),
+    ],
+    ids=["postgresql-spool", "postgresql-inline", "sqlite-spool"],
+)
+def test_config_check_warns_of_a_spool_with_postgresql(tmp_path: Path, storage: str, warned: bool) -> None:
+    path = tmp_path / "hisp.toml"
+    path.write_text(DOMAIN + "[listeners.backbone]\nport = 2525\n[storage]\n" + storage)
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{path}: valid" in result.stdout
+    if warned:
+        assert result.stderr.startswith("warning: [storage] spool_dir = ")
+        assert "same spool directory" in result.stderr and "leave spool_dir unset" in result.stderr
+    else:
+        assert result.stderr == ""
