@@ -20,6 +20,7 @@ each may send from)"); RFC 4954; RFC 4616 (PLAIN: the password cannot contain NU
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 
 import click
@@ -87,7 +88,7 @@ def _check_addresses(values: Sequence[str]) -> list[str]:
 def _read_password(from_stdin: bool) -> str:
     """The password: one line of standard input (without its line ending), or asked twice on the terminal."""
     if from_stdin:
-        line = click.get_text_stream("stdin").readline()
+        line = sys.stdin.readline()  # click.get_text_stream is deprecated in click 8.5
         if not line:
             raise ConfigError("--password-stdin: standard input is empty")
         return line.removesuffix("\n").removesuffix("\r")
