@@ -28,20 +28,22 @@ from hisp.adapters.bundles import DEFAULT_TIMEOUT, write_atomically
 from hisp.adapters.revocation import BoundedFetcherBackend
 from hisp.addresses import DirectAddress, parse_address_list
 from hisp.commands.common import (
+    at_option,
     bundle_anchors,
     certificates_from,
     fail_cleanly,
     iso_option,
     parse_time,
+    policy_option,
     read_bundle_source,
     read_small,
+    timeout_option,
 )
 from hisp.core import devca, mime
 from hisp.core.agent import SecurityAgent, StaticAnchors
 from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, TrustBundle, describe_anchor, parse_bundle
 from hisp.core.certs import Certificate, Credential, load_credential
 from hisp.core.policy import (
-    PRESETS,
     ContentCipher,
     DigestAlgorithm,
     Direction,
@@ -330,15 +332,8 @@ def _credential_options(whose: str) -> Callable[[F], F]:
     default=None,
     help="Signature digest [default: sha256].",
 )
-@click.option(
-    "--policy",
-    "policy_name",
-    type=click.Choice(sorted(PRESETS)),
-    default="direct-1.3",
-    show_default=True,
-    help="Security policy preset: its default algorithms (direct-1.2 sends RSA PKCS#1 v1.5 key transport).",
-)
-@click.option("--at", "at_text", default=None, help="ISO 8601 time to seal at (default now; no zone means UTC).")
+@policy_option("Security policy preset: its default algorithms (direct-1.2 sends RSA PKCS#1 v1.5 key transport).")
+@at_option("time to seal at")
 @click.option(
     "-i", "input_file", type=click.File("rb"), metavar="FILE", default="-", help="Plain message (default stdin)."
 )
@@ -396,15 +391,8 @@ def message_outgoing(
     type=click.Path(exists=True, dir_okay=False),
     help="A trust anchor (repeat for each).",
 )
-@click.option(
-    "--policy",
-    "policy_name",
-    type=click.Choice(sorted(PRESETS)),
-    default="direct-1.3",
-    show_default=True,
-    help="direct-1.3 refuses SHA-1; direct-1.2 accepts SHA-1 signatures and SHA-1-signed certificates.",
-)
-@click.option("--at", "at_text", default=None, help="ISO 8601 time of receipt (default now; no zone means UTC).")
+@policy_option("direct-1.3 refuses SHA-1; direct-1.2 accepts SHA-1 signatures and SHA-1-signed certificates.")
+@at_option("time of receipt")
 @click.option("--explain", is_flag=True, help="Print the verdict (signer, chain, anchor) to stderr.")
 @click.option(
     "-i", "input_file", type=click.File("rb"), metavar="FILE", default="-", help="Direct message (default stdin)."
@@ -467,14 +455,7 @@ def trust_bundle() -> None:
     """Trust bundles: PKCS#7 sets of anchors, signed or not (TB-1, TB-2)."""
 
 
-_POLICY_OPTION = click.option(
-    "--policy",
-    "policy_name",
-    type=click.Choice(sorted(PRESETS)),
-    default="direct-1.3",
-    show_default=True,
-    help="Security policy for the bundle signature (direct-1.2 accepts SHA-1).",
-)
+_POLICY_OPTION = policy_option("Security policy for the bundle signature (direct-1.2 accepts SHA-1).")
 _SIGNER_OPTION = click.option(
     "--signer",
     "signer_paths",
@@ -554,8 +535,8 @@ def _print_bundle(report: dict[str, Any]) -> None:
 @click.argument("source", metavar="FILE_OR_URL")
 @_SIGNER_OPTION
 @_POLICY_OPTION
-@click.option("--at", "at_text", default=None, help="ISO 8601 time to judge validity at (default now; no zone = UTC).")
-@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0.1), help="Seconds.")
+@at_option("time to judge validity at")
+@timeout_option("for the whole download", default=DEFAULT_TIMEOUT)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @fail_cleanly
 def trust_bundle_show(
@@ -579,8 +560,8 @@ def trust_bundle_show(
 @click.option("--out", "out_path", required=True, metavar="FILE", help="Where to write the verified bundle.")
 @_SIGNER_OPTION
 @_POLICY_OPTION
-@click.option("--at", "at_text", default=None, help="ISO 8601 time to verify at (default now; no zone = UTC).")
-@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0.1), help="Seconds.")
+@at_option("time to verify at")
+@timeout_option("for the whole download", default=DEFAULT_TIMEOUT)
 @fail_cleanly
 def trust_bundle_fetch(
     url: str, out_path: str, signer_paths: Sequence[str], policy_name: str, at_text: str | None, timeout: float
@@ -644,7 +625,7 @@ def cert() -> None:
     show_default=True,
     help="incoming: a sender's signing certificate; outgoing: a recipient's encryption certificate.",
 )
-@click.option("--policy", "policy_name", type=click.Choice(sorted(PRESETS)), default="direct-1.3", show_default=True)
+@policy_option("Security policy preset (direct-1.2 also accepts SHA-1).")
 @click.option(
     "--revocation",
     type=click.Choice([m.value for m in RevocationMode]),
@@ -652,14 +633,8 @@ def cert() -> None:
     show_default=True,
     help="hard: an unreachable CRL/OCSP source rejects; soft: accepted with a warning; off: not checked.",
 )
-@click.option("--at", "at_text", default=None, help="ISO 8601 validation time (default now; no zone means UTC).")
-@click.option(
-    "--timeout",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(min=0.1),
-    help="Seconds per CRL, OCSP, AIA or bundle request.",
-)
+@at_option("validation time")
+@timeout_option("per CRL, OCSP, AIA or bundle request")
 @click.option("--explain", is_flag=True, help="Print the verdict: chain, anchor, revocation, rule.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
 @fail_cleanly

@@ -17,17 +17,20 @@ import click
 from hisp.adapters import http
 from hisp.core.bundles import DEFAULT_MAX_BUNDLE_BYTES, parse_bundle
 from hisp.core.certs import Certificate, load_certificates
-from hisp.core.policy import SecurityPolicy
+from hisp.core.policy import PRESETS, SecurityPolicy
 from hisp.errors import CertificateError, ConfigError, HispError
 
 __all__ = [
+    "at_option",
     "bundle_anchors",
     "certificates_from",
     "fail_cleanly",
     "iso_option",
     "parse_time",
+    "policy_option",
     "read_bundle_source",
     "read_small",
+    "timeout_option",
 ]
 
 # Files an operator points us at are certificates and keys: refuse anything absurdly large (bytes).
@@ -160,3 +163,27 @@ def bundle_anchors(
         policy=policy,
     )
     return list(bundle.anchors)
+
+
+def policy_option(help: str) -> Callable[[F], F]:
+    """``--policy direct-1.3|direct-1.2`` (default direct-1.3), passed as ``policy_name``; ``help`` says what for."""
+    return click.option(
+        "--policy",
+        "policy_name",
+        type=click.Choice(sorted(PRESETS)),
+        default="direct-1.3",
+        show_default=True,
+        help=help,
+    )
+
+
+def at_option(what: str) -> Callable[[F], F]:
+    """``--at ISO8601``, passed as ``at_text`` (parse it with :func:`parse_time`); ``what`` names the moment."""
+    return click.option("--at", "at_text", default=None, help=f"ISO 8601 {what} (default now; no zone means UTC).")
+
+
+def timeout_option(what: str, default: float = 5.0) -> Callable[[F], F]:
+    """``--timeout SECONDS`` (at least 0.1), passed as ``timeout``; ``what`` says what it bounds."""
+    return click.option(
+        "--timeout", default=default, show_default=True, type=click.FloatRange(min=0.1), help=f"Seconds {what}."
+    )

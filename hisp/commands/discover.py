@@ -19,9 +19,16 @@ import click
 from hisp.adapters.discovery import CertificateDiscovery
 from hisp.adapters.dns import DnsClient, parse_server
 from hisp.addresses import DirectAddress
-from hisp.commands.common import bundle_anchors, certificates_from, parse_time
+from hisp.commands.common import (
+    at_option,
+    bundle_anchors,
+    certificates_from,
+    parse_time,
+    policy_option,
+    timeout_option,
+)
 from hisp.core.agent import RecipientTrust, StaticAnchors
-from hisp.core.policy import PRESETS, policy_from_name
+from hisp.core.policy import policy_from_name
 from hisp.errors import AddressError, ConfigError, HispError
 
 __all__ = ["discover"]
@@ -70,22 +77,9 @@ def _server(value: str | None) -> tuple[str, int] | None:
     metavar="FILE_OR_URL",
     help="Trust bundle (PKCS#7) file or http(s) URL whose anchors are trusted (repeat for each).",
 )
-@click.option(
-    "--policy",
-    "policy_name",
-    type=click.Choice(sorted(PRESETS)),
-    default="direct-1.3",
-    show_default=True,
-    help="Security policy for path validation.",
-)
-@click.option("--at", "at_text", default=None, help="ISO 8601 time to validate at (default now; no zone = UTC).")
-@click.option(
-    "--timeout",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(min=0.1),
-    help="Seconds per DNS query, LDAP operation and HTTP fetch.",
-)
+@policy_option("Security policy for path validation.")
+@at_option("time to validate at")
+@timeout_option("per DNS query, LDAP operation and HTTP fetch")
 @click.option("--require-dnssec", is_flag=True, help="Refuse DNS answers without the AD bit (validating resolver).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--pem", "as_pem", is_flag=True, help="Print only the chosen certificates, PEM.")
