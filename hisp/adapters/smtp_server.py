@@ -68,6 +68,17 @@ __all__ = [
 _log = logging.getLogger("hisp.smtp")
 
 
+class _QuietLoginData(logging.Filter):
+    """Drop aiosmtpd's "Session.login_data is deprecated" warning: aiosmtpd's own AUTH code triggers it on
+    every login (not ours to fix), and it would otherwise show up in every operator's log and in the demo."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Session.login_data is deprecated")
+
+
+logging.getLogger("mail.log").addFilter(_QuietLoginData())
+
+
 class ListenerKind(enum.Enum):
     """Which listener a message came through."""
 

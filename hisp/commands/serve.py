@@ -49,6 +49,9 @@ __all__ = ["serve"]
 def serve(config_path: str, workers: int | None, log_level: str) -> None:
     """Run the listeners and workers of one HISP node until SIGTERM or SIGINT."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if log_level != "debug":
+        # aiosmtpd traces every SMTP command at INFO on "mail.log": only for debugging
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     config = load_config(config_path)
     check_can_start(config)
     asyncio.run(_serve(Node(config, environ=os.environ, workers=workers), config_path))
