@@ -38,6 +38,7 @@ import os
 import secrets
 import shutil
 import socket
+import string
 import tempfile
 import time
 import warnings
@@ -73,6 +74,18 @@ DELIVERY_DEADLINE = 25.0
 TLS_NAME = "smtp.hisp-demo.example"
 #: The demo's queue: quick retries (seconds), a short lifetime, two workers per HISP.
 DEMO_QUEUE = "retry_initial = 1\nretry_maximum = 5\nlifetime = 60\nworkers = 2\npoll_interval = 0.5\n"
+
+
+def demo_password(length: int = 16) -> str:
+    """A random password of ASCII letters and digits (``length`` characters, about 5.95 bits each).
+
+    Letters and digits only, so that it can be pasted as a command-line argument (``swaks --auth-password``
+    treats a value beginning with ``-`` as an option; ``token_urlsafe`` can produce one).
+    """
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
+
+
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
 
 
 def _free_port() -> int:
@@ -310,7 +323,7 @@ def prepare(
         anchors[name] = pki / f"{name}.pem"
         anchors[name].write_bytes(ca.certificate.to_pem())
     tls_cert, tls_key = (pki / n for n in _pem(pki / "tls", tls))
-    password = secrets.token_urlsafe(12)
+    password = demo_password()
     dns_port = _free_port()
     ports = {"clinic": {"submission": _free_port(), "backbone": _free_port()}, "hospital": {"backbone": _free_port()}}
     clinic = _write_site(

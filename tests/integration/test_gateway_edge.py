@@ -59,7 +59,7 @@ def setup_for(tmp_path: Path) -> DemoSetup:
 
 
 def as_smith(setup: DemoSetup) -> tuple[str, ...]:
-    return ("--tls", "--auth", "PLAIN", "--auth-user", "dr.smith", "--auth-password", setup.password)
+    return ("--tls", "--auth", "PLAIN", "--auth-user", "dr.smith", "--auth-password=" + setup.password)
 
 
 def test_swaks_starttls_auth_referral_reaches_the_ehr(tmp_path: Path) -> None:

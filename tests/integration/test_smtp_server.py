@@ -144,7 +144,7 @@ def test_swaks_starttls_auth_submits_exact_bytes(tls_files: tuple[str, str], use
         async with SmtpListener(submission(tls_files), recorder, authenticator=users) as listener:
             code, out = await swaks(
                 "--port", str(listener.port), "--tls", "--auth", mechanism, "--auth-user", "smith",
-                "--auth-password", PASSWORD, "--from", SENDER, "--to", "someone@elsewhere.example",
+                "--auth-password=" + PASSWORD, "--from", SENDER, "--to", "someone@elsewhere.example",
                 "--data", "@" + str(tmp_path / "msg"),
             )
         return code, out, recorder
@@ -168,7 +168,7 @@ def test_swaks_wrong_password_535_after_delay(tls_files: tuple[str, str], users:
             start = asyncio.get_running_loop().time()
             code, out = await swaks(
                 "--port", str(listener.port), "--tls", "--auth", "PLAIN", "--auth-user", "smith",
-                "--auth-password", "wrong", "--from", SENDER, "--to", HOSTED,
+                "--auth-password=wrong", "--from", SENDER, "--to", HOSTED,
             )
             elapsed = asyncio.get_running_loop().time() - start
         return code, out, elapsed, recorder
@@ -186,7 +186,7 @@ def test_swaks_spoofed_mail_from_550(tls_files: tuple[str, str], users: StaticAu
         async with SmtpListener(submission(tls_files), recorder, authenticator=users) as listener:
             code, out = await swaks(
                 "--port", str(listener.port), "--tls", "--auth", "LOGIN", "--auth-user", "smith",
-                "--auth-password", PASSWORD, "--from", "dr.jones@direct.hospital.example", "--to", HOSTED,
+                "--auth-password=" + PASSWORD, "--from", "dr.jones@direct.hospital.example", "--to", HOSTED,
             )
         return code, out, recorder
 
@@ -205,7 +205,7 @@ def test_swaks_spoofed_from_header_550(tls_files: tuple[str, str], users: Static
         async with SmtpListener(submission(tls_files), recorder, authenticator=users) as listener:
             code, out = await swaks(
                 "--port", str(listener.port), "--tls", "--auth", "PLAIN", "--auth-user", "smith",
-                "--auth-password", PASSWORD, "--from", SENDER, "--to", HOSTED, "--data", "@" + str(tmp_path / "msg"),
+                "--auth-password=" + PASSWORD, "--from", SENDER, "--to", HOSTED, "--data", "@" + str(tmp_path / "msg"),
             )
         return code, out, recorder
 
@@ -221,7 +221,7 @@ def test_swaks_without_tls_cannot_auth_or_send(tls_files: tuple[str, str], users
         async with SmtpListener(submission(tls_files), recorder, authenticator=users) as listener:
             code, out = await swaks(
                 "--port", str(listener.port), "--auth", "PLAIN", "--auth-user", "smith",
-                "--auth-password", PASSWORD, "--from", SENDER, "--to", HOSTED,
+                "--auth-password=" + PASSWORD, "--from", SENDER, "--to", HOSTED,
             )
         return code, out, recorder
 
@@ -264,7 +264,7 @@ def test_swaks_size_limit_552(tls_files: tuple[str, str], users: StaticAuthentic
         async with SmtpListener(settings, recorder, authenticator=users) as listener:
             code, out = await swaks(
                 "--port", str(listener.port), "--tls", "--auth", "PLAIN", "--auth-user", "smith",
-                "--auth-password", PASSWORD, "--from", SENDER, "--to", HOSTED, "--data", "@" + str(tmp_path / "msg"),
+                "--auth-password=" + PASSWORD, "--from", SENDER, "--to", HOSTED, "--data", "@" + str(tmp_path / "msg"),
             )
             # SIZE is advertised, and a declared size over it is refused at MAIL already
             client = aiosmtplib.SMTP(hostname="127.0.0.1", port=listener.port, start_tls=True, timeout=5,
@@ -291,7 +291,7 @@ def test_swaks_bare_lf_refused(tls_files: tuple[str, str], users: StaticAuthenti
         async with SmtpListener(submission(tls_files), recorder, authenticator=users) as listener:
             code, out = await swaks(
                 "--port", str(listener.port), "--tls", "--auth", "PLAIN", "--auth-user", "smith",
-                "--auth-password", PASSWORD, "--from", SENDER, "--to", HOSTED, "--data", "@" + str(tmp_path / "msg"),
+                "--auth-password=" + PASSWORD, "--from", SENDER, "--to", HOSTED, "--data", "@" + str(tmp_path / "msg"),
                 "--no-data-fixup",
             )
         return code, out, recorder

@@ -112,3 +112,12 @@ def test_usage_errors_exit_2_before_asking_for_a_password(args: list[str]) -> No
     result = _add(*args, "--password-stdin", stdin=PASSWORD)
     assert result.exit_code == 2
     assert result.stdout == ""
+
+
+def test_demo_password_is_letters_and_digits_so_swaks_can_take_it_as_an_argument() -> None:
+    """A generated password beginning with ``-`` made swaks read it as an option (CI failure of stop 7)."""
+    from hisp.commands.demo import demo_password
+
+    passwords = {demo_password() for _ in range(500)}
+    assert len(passwords) == 500
+    assert all(len(p) == 16 and p.isascii() and p.isalnum() for p in passwords)
