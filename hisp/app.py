@@ -2,11 +2,11 @@
 
 :class:`Node` opens the store (migrating it), loads our credentials and the trust stores, builds certificate
 discovery (one cache per hosted sender domain, judged against that domain's outgoing anchors), the relay, edge
-delivery and the :class:`~hisp.pipeline.Pipeline`, then starts the listeners configured (submission,
-backbone) and ``workers`` worker tasks in this process. :meth:`Node.stop` stops listening, lets the DATA
-transactions in flight finish (their replies are sent), lets every worker finish the job it holds, and closes
-the store. Trust bundles are refreshed in the background on their interval. :meth:`Node.reload` (``hisp serve``
-on SIGHUP) swaps in the trust anchors and bundles of a new configuration; everything else needs a restart.
+delivery and the :class:`~hisp.pipeline.Pipeline`, then starts the listeners configured (submission, backbone),
+``workers`` worker tasks in this process and the notification timeout scan. :meth:`Node.stop` stops listening, lets
+the DATA transactions in flight finish (their replies are sent), lets every worker finish the job it holds, and
+closes the store. Trust bundles are refreshed in the background on their interval. :meth:`Node.reload` (``hisp
+serve`` on SIGHUP) swaps in the trust anchors and bundles of a new configuration; everything else needs a restart.
 
 Nothing here decides anything: the pipeline and the cores do. This module only wires (DESIGN.md section 2).
 
@@ -21,7 +21,7 @@ import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from hisp.adapters.discovery import CertificateDiscovery, DiscoveryCache
 from hisp.adapters.dns import DnsClient
@@ -48,7 +48,7 @@ from hisp.core.policy import RevocationMode
 from hisp.core.smtp_policy import RecipientResult
 from hisp.core.trust import StoreTrust
 from hisp.errors import AddressError, ConfigError, HispError
-from hisp.pipeline import Observer, Pipeline
+from hisp.pipeline import NoticeSettings, Observer, Pipeline
 from hisp.ports import DomainTrust
 
 __all__ = ["ConfigHosting", "Node", "StoreDiscovery", "check_can_start", "utc_now"]
@@ -157,14 +157,16 @@ class _Relay:
         return (await self.relay.relay(mail_from, recipients, raw)).results
 
 
-def _listener_settings(kind: ListenerKind, listener: ListenerConfig, hostname: str) -> ListenerSettings:
+def _listener_settings(
+    kind: ListenerKind, listener: ListenerConfig, hostname: str, *, reuse_port: bool = False
+) -> ListenerSettings:
     tls = None
     if listener.tls_cert is not None and listener.tls_key is not None:
         tls = server_tls_context(str(listener.tls_cert), str(listener.tls_key))
     return ListenerSettings(
         kind=kind, host=listener.host, port=listener.port, hostname=hostname, tls_context=tls,
         max_message_size=listener.max_message_size, max_recipients=listener.max_recipients,
-        max_connections=listener.max_connections, command_timeout=listener.command_timeout,
+        max_connections=listener.max_connections, command_timeout=listener.command_timeout, reuse_port=reuse_port,
     )
 
 
@@ -176,6 +178,8 @@ class Node:
     :param workers: worker tasks (default ``[queue] workers``).
     :param observer: told about each step of each message (the demo prints them).
     :param clock: the current time (default :func:`utc_now`).
+    :param reuse_port: bind the listeners with ``SO_REUSEPORT``: this node is one of several processes sharing its
+        ports (``hisp serve --workers N``, N > 1; see :attr:`hisp.adapters.smtp_server.ListenerSettings.reuse_port`).
     :raises ConfigError: anything in the configuration that cannot be used (credentials, TLS files, DNS).
 
     Use ``await node.start()`` then ``await node.stop()``.
@@ -186,13 +190,14 @@ class Node:
 
     def __init__(
         self, config: Config, *, environ: Mapping[str, str], workers: int | None = None,
-        observer: Observer | None = None, clock: Callable[[], datetime] = utc_now,
+        observer: Observer | None = None, clock: Callable[[], datetime] = utc_now, reuse_port: bool = False,
     ) -> None:
         self.config = config
         self.environ = environ
         self.workers = workers or config.queue.workers
         self.observer = observer
         self.clock = clock
+        self.reuse_port = reuse_port
         self.name = config.node.name or socket.gethostname() or "hisp"
         self.store: SqlStore | None = None
         self.pipeline: Pipeline | None = None
@@ -232,7 +237,12 @@ class Node:
             store=store, queue=store, audit=store, agent=agent, hosting=hosting,
             certificates=StoreDiscovery(dns, hosting, agent), relay=_Relay(relay), edge=edge, node=self.name,
             clock=self.clock, schedule=config.queue.retry, lease_seconds=config.queue.lease,
-            executor=self._executor, observer=self.observer,
+            executor=self._executor, observer=self.observer, tracking=store,
+            notices=NoticeSettings(
+                hostname=config.node.hostname, send_mdn=config.notifications.send_mdn,
+                timeout=timedelta(seconds=config.notifications.timeout),
+                consume_processed=config.notifications.consume_processed,
+            ),
         )
         self._hosting = hosting
         return store, pipeline, stores
@@ -265,13 +275,19 @@ class Node:
                 users = [EdgeUser.create(u.name, u.password_hash, [str(a) for a in u.addresses])
                          for u in self.config.users]
                 self.submission = SmtpListener(
-                    _listener_settings(ListenerKind.SUBMISSION, listeners.submission, hostname), submitted,
+                    _listener_settings(
+                        ListenerKind.SUBMISSION, listeners.submission, hostname, reuse_port=self.reuse_port
+                    ),
+                    submitted,
                     authenticator=StaticAuthenticator(users),
                 )
                 await self.submission.start()
             if listeners.backbone is not None:
                 self.backbone = SmtpListener(
-                    _listener_settings(ListenerKind.BACKBONE, listeners.backbone, hostname), received,
+                    _listener_settings(
+                        ListenerKind.BACKBONE, listeners.backbone, hostname, reuse_port=self.reuse_port
+                    ),
+                    received,
                     is_hosted=self._hosting.accepts,
                 )
                 await self.backbone.start()
@@ -280,6 +296,9 @@ class Node:
             raise
         self._tasks.append(asyncio.create_task(
             pipeline.run_workers(self._stop, workers=self.workers, poll_interval=self.config.queue.poll_interval)
+        ))
+        self._tasks.append(asyncio.create_task(
+            pipeline.run_timeouts(self._stop, interval=self.config.notifications.scan_interval)
         ))
         self._tasks.append(asyncio.create_task(self._refresh_bundles()))
 

@@ -739,5 +739,9 @@ from hisp.commands.messages import messages_group  # noqa: E402  (kept with its 
 
 main.add_command(messages_group)
 
+from hisp.commands.track import track  # noqa: E402  (kept with its registration)
+
+main.add_command(track)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

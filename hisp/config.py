@@ -122,6 +122,12 @@ Example::
     max_connections = 100
     command_timeout = 300        # seconds
 
+    [notifications]              # MDNs and DSNs (AS-18, DN-1..DN-10)
+    send_mdn = true              # processed (and dispatched/failed when asked) MDNs for received messages
+    timeout = 3600               # seconds from the send, then one DSN for recipients without their MDNs
+    consume_processed = false    # true: processed MDNs are recorded, not forwarded to the edge
+    scan_interval = 30           # seconds between scans for tracked messages past their deadline
+
 Certificate files are read and checked when the configuration is loaded: a certificate's subjectAltName
 must name its address (rfc822Name) or domain (dNSName). PKCS#12 files are checked when used, since their
 passphrase comes from the environment or a file.
@@ -171,6 +177,7 @@ __all__ = [
     "ListenerConfig",
     "ListenersConfig",
     "NodeConfig",
+    "NotificationsConfig",
     "Passphrase",
     "Publication",
     "QueueConfig",
@@ -287,6 +294,7 @@ class Config:
     :ivar storage: where the queue and the audit log live.
     :ivar queue: retry schedule, leases, workers.
     :ivar limits: the listeners' default limits.
+    :ivar notifications: MDN and DSN behaviour and the tracking timeout.
     """
 
     path: Path
@@ -301,6 +309,7 @@ class Config:
     storage: StorageConfig = field(default_factory=lambda: StorageConfig(), repr=False)
     queue: QueueConfig = field(default_factory=lambda: QueueConfig(), repr=False)
     limits: LimitsConfig = field(default_factory=lambda: LimitsConfig(), repr=False)
+    notifications: NotificationsConfig = field(default_factory=lambda: NotificationsConfig(), repr=False)
 
     def hosted_domain(self, domain: HealthDomain) -> HostedDomainConfig | None:
         """The hosted domain's configuration, or None when ``domain`` is not hosted here."""
@@ -896,7 +905,10 @@ def _domains(top: _Reader, dns_config: DnsConfig) -> tuple[HostedDomainConfig, .
 
 #: The tables a configuration file may have.
 _TOP_LEVEL_TABLES = frozenset(
-    {"trust", "dns", "ldap", "domain", "node", "user", "limits", "listeners", "relay", "storage", "queue"}
+    {
+        "trust", "dns", "ldap", "domain", "node", "user", "limits", "listeners", "relay", "storage", "queue",
+        "notifications",
+    }
 )
 
 
@@ -938,10 +950,11 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
     relay = _relay(_Reader(source, top.get("relay", dict, {}), "relay", base))
     storage = _storage(_Reader(source, top.get("storage", dict, {}), "storage", base))
     queue = _queue(_Reader(source, top.get("queue", dict, {}), "queue", base))
+    notifications = _notifications(_Reader(source, top.get("notifications", dict, {}), "notifications", base))
     top.finish()
     return Config(
         path=Path(source), trust=trust, domains=domains, dns=dns_config, ldap=ldap_config, node=node, users=users,
-        listeners=listeners, relay=relay, storage=storage, queue=queue, limits=limits,
+        listeners=listeners, relay=relay, storage=storage, queue=queue, limits=limits, notifications=notifications,
     )
 
 
@@ -1077,6 +1090,25 @@ class QueueConfig:
     lease: float = 300.0
     workers: int = 4
     poll_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """Delivery notifications: what the receiving side sends and how the sending side tracks (``[notifications]``).
+
+    :ivar send_mdn: send processed MDNs (and dispatched/failed when requested) for the messages we receive
+        (AS-18; turn off only where another component of the receiving side sends them).
+    :ivar timeout: seconds from the original send after which incomplete recipients get one DSN (DN-7, DN-9;
+        default 3600, the RI's).
+    :ivar consume_processed: record processed MDNs and do not forward them to the edge (DN-10, RI
+        ``ConsumeMDNProcessed``; default off).
+    :ivar scan_interval: seconds between scans for tracked messages past their deadline.
+    """
+
+    send_mdn: bool = True
+    timeout: float = 3600.0
+    consume_processed: bool = False
+    scan_interval: float = 30.0
 
 
 #: Largest message size accepted in the configuration (bytes): 1 GiB.
@@ -1293,6 +1325,15 @@ def _queue(reader: _Reader) -> QueueConfig:
         float(jitter),
     )
     return QueueConfig(schedule, lease, workers, poll)
+
+
+def _notifications(reader: _Reader) -> NotificationsConfig:
+    send_mdn = reader.get("send_mdn", bool, True, what="true or false")
+    timeout = _seconds(reader, "timeout", 3600.0, 1.0, 30 * 86400.0)
+    consume = reader.get("consume_processed", bool, False, what="true or false")
+    scan = _seconds(reader, "scan_interval", 30.0, 0.01, 3600.0)
+    reader.finish()
+    return NotificationsConfig(send_mdn, timeout, consume, scan)
 
 
 def load_config(path: str | Path) -> Config:

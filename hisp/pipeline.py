@@ -42,19 +42,35 @@ import functools
 import logging
 import random
 import re
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import format_datetime, getaddresses
+from email.utils import getaddresses
 from typing import Any, TypeVar
 
 from hisp.addresses import DirectAddress
 from hisp.core.agent import IncomingResult, OutgoingResult, SecurityAgent
 from hisp.core.certs import Certificate, Credential
+from hisp.core.mdn import Disposition, is_notification, requests_final_delivery
+from hisp.core.notify import (
+    Notice,
+    NoticeOutcome,
+    OwedMdn,
+    apply_notice,
+    failure_dsn,
+    header_pairs,
+    new_message_id,
+    owed_mdns,
+    read_notice,
+    restrict_to_signer,
+    timeout_dsn,
+    wants_final_delivery,
+)
 from hisp.core.smtp_policy import DeliveryOutcome, RecipientResult, check_routing, normalize_mailbox
+from hisp.core.tracking import DEFAULT_TIMEOUT, Action, Event, MessageTrack
 from hisp.errors import (
     AddressError,
     CertificateNotFound,
@@ -76,13 +92,17 @@ from hisp.ports import (
     Hosting,
     Job,
     MessageStore,
+    Outbound,
     Queue,
     RecipientState,
     Relay,
     RetrySchedule,
+    TrackDecision,
+    TrackedMessage,
+    TrackingStore,
 )
 
-__all__ = ["TRUST_HEADER", "Observer", "Pipeline", "TrustUnavailable", "build_bounce", "trust_header"]
+__all__ = ["TRUST_HEADER", "NoticeSettings", "Observer", "Pipeline", "TrustUnavailable", "trust_header"]
 
 _log = logging.getLogger("hisp.pipeline")
 _T = TypeVar("_T")
@@ -94,8 +114,27 @@ TRUST_HEADER = "X-Direct-Trust"
 
 #: ``observer(step, detail)``: called as a message moves on (``"submitted"``, ``"discovered"``, ``"signed"``,
 #: ``"encrypted"``, ``"relayed"``, ``"decrypted"``, ``"verified"``, ``"delivered"``, ``"bounced"``,
-#: ``"rejected"``, ``"retry"``); for the demo and for logs. It must not raise or block.
+#: ``"rejected"``, ``"retry"``, ``"mdn"`` (an MDN queued), ``"dsn"`` (a DSN queued), ``"notification"`` (an
+#: MDN or DSN received and matched), ``"timeout"``); for the demo and for logs. It must not raise or block.
 Observer = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class NoticeSettings:
+    """How the pipeline sends and tracks notifications (the ``[notifications]`` table and the host name).
+
+    :ivar hostname: our host name: Reporting-MTA of DSNs, Reporting-UA of MDNs.
+    :ivar send_mdn: send processed MDNs (and dispatched/failed ones when asked) for received messages (AS-18).
+    :ivar timeout: from the original send to the timeout DSN (DN-7, DN-9).
+    :ivar consume_processed: processed MDNs are recorded, not forwarded to the edge (DN-10).
+
+    Spec: AS-18, DN-7..DN-10.
+    """
+
+    hostname: str = "localhost"
+    send_mdn: bool = True
+    timeout: timedelta = DEFAULT_TIMEOUT
+    consume_processed: bool = False
 
 
 class TrustUnavailable(HispError):
@@ -151,76 +190,6 @@ def _from_address(raw: bytes) -> DirectAddress:
     return DirectAddress.parse(addresses[0])
 
 
-def build_bounce(
-    *,
-    reporting: DirectAddress,
-    to: str,
-    recipient: str,
-    status: str,
-    reason: str,
-    original: bytes,
-    at: datetime,
-    remote: str = "",
-) -> bytes:
-    """A minimal RFC 3464 delivery status notification (``multipart/report``) for one failed recipient.
-
-    :param reporting: the postmaster address it comes from (``From:``).
-    :param to: the original sender (``To:``).
-    :param recipient: the recipient that failed.
-    :param status: RFC 3463 status, e.g. ``"5.7.31"`` (permanent: ``Action: failed``).
-    :param reason: one line: why.
-    :param original: the original message (its header section is returned, RFC 3462 text/rfc822-headers).
-    :param at: the time of the report.
-    :param remote: the remote host that answered, if any (``Remote-MTA``).
-    :returns: the DSN bytes, CRLF line endings.
-
-    Spec: RFC 3464 sections 2 and 3 (per-message and per-recipient fields); RFC 3462; RFC 3463.
-    """
-    boundary = f"hisp-dsn-{uuid.uuid4().hex}"
-    head_end = original.find(b"\r\n\r\n")
-    original_headers = original[: head_end + 2] if head_end >= 0 else original[:8192]
-    reason_line = _one_line(reason, 400)
-    human = (
-        f"Your message could not be delivered to {recipient}.\r\n\r\nReason: {reason_line}\r\n"
-        f"Status: {status}\r\n"
-    )
-    per_recipient = [
-        f"Final-Recipient: rfc822; {recipient}",
-        "Action: failed",
-        f"Status: {status}",
-    ]
-    if remote:
-        per_recipient.append(f"Remote-MTA: dns; {_one_line(remote, 200)}")
-    per_recipient.append(f"Diagnostic-Code: smtp; {reason_line}")
-    lines = [
-        f"From: Mail Delivery System <{reporting}>",
-        f"To: {to}",
-        f"Subject: Undelivered Direct message: {recipient}",
-        f"Date: {format_datetime(at)}",
-        f"Message-ID: <{uuid.uuid4().hex}@{reporting.domain}>",
-        "Auto-Submitted: auto-replied",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
-        "",
-        f"--{boundary}",
-        "Content-Type: text/plain; charset=us-ascii",
-        "",
-        human,
-        f"--{boundary}",
-        "Content-Type: message/delivery-status",
-        "",
-        f"Reporting-MTA: dns; {reporting.domain}",
-        f"Arrival-Date: {format_datetime(at)}",
-        "",
-        *per_recipient,
-        "",
-        f"--{boundary}",
-        "Content-Type: text/rfc822-headers",
-        "",
-    ]
-    return "\r\n".join(lines).encode("ascii") + b"\r\n" + original_headers + f"\r\n--{boundary}--\r\n".encode()
-
-
 def _fingerprints(certificates: Iterable[Certificate]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(c.fingerprint_sha256 for c in certificates))
 
@@ -251,6 +220,8 @@ class Pipeline:
     :param executor: where CPU and blocking storage work runs (None: the event loop's default executor).
     :param observer: told about each step (see :data:`Observer`).
     :param rng: the source of retry jitter.
+    :param tracking: where outgoing messages are tracked (DN-7); ``None``: no tracking, no timeout DSNs.
+    :param notices: how notifications are sent and tracked.
     :raises ConfigError: ``lease_seconds`` is not positive or ``node`` is empty.
 
     Spec: issue 5; DESIGN.md section 1.
@@ -274,6 +245,8 @@ class Pipeline:
         executor: Executor | None = None,
         observer: Observer | None = None,
         rng: random.Random | None = None,
+        tracking: TrackingStore | None = None,
+        notices: NoticeSettings | None = None,
     ) -> None:
         if lease_seconds <= 0 or not node:
             raise ConfigError("pipeline: a node name and a positive lease are needed")
@@ -286,6 +259,8 @@ class Pipeline:
         self.executor = executor
         self.observer = observer
         self.rng = rng or random.Random()
+        self.tracking = tracking
+        self.notices = notices or NoticeSettings()
         self._wake: asyncio.Event | None = None
 
     # -- helpers ------------------------------------------------------------------------------------------
@@ -322,13 +297,32 @@ class Pipeline:
         :returns: the ``250`` reply line.
         :raises StorageError: nothing was stored (451).
 
-        Spec: DESIGN.md section 1 ("a message answered 250 is on disk first"); RFC 6409.
+        A message without a Message-ID gets one (RFC 6409 section 8.3), as it is the correlation key of its
+        notifications (DN-2). A message that is not itself a notification and has a reverse-path is tracked,
+        in the same transaction, until its notifications complete it or its timeout expires (DN-7, DN-10).
+
+        Spec: DESIGN.md section 1 ("a message answered 250 is on disk first"); RFC 6409; DN-2, DN-7.
         """
         now = self.clock()
-        envelope = Envelope(Direction.OUTGOING, mail_from, tuple(recipients), _header(raw, "Message-ID"))
+        raw, message_id = _with_message_id(raw, mail_from)
+        track = None
+        if self.tracking is not None and mail_from and not await self._run(_is_report, raw):
+            track = MessageTrack.start(
+                message_id, recipients, at=now, reliable=requests_final_delivery(header_pairs(raw)),
+                timeout=self.notices.timeout, consume_processed=self.notices.consume_processed,
+            )
+        envelope = Envelope(Direction.OUTGOING, mail_from, tuple(recipients), message_id)
         record = AuditRecord(reason=f"submitted by edge user {user}" if user else "submitted", remote=remote)
-        stored = await self._run(self.store.enqueue, envelope, raw, now=now, node=self.node, audit=record)
-        self._tell("submitted", f"{mail_from} -> {', '.join(recipients)}: queued as {stored.id} ({len(raw)} bytes)")
+        stored = await self._run(
+            self.store.enqueue, envelope, raw, now=now, node=self.node, audit=record, track=track
+        )
+        tracked = ""
+        if track is not None:
+            tracked = f"; tracked ({track.mode.value}) until {track.deadline.isoformat(timespec='seconds')}"
+        self._tell(
+            "submitted",
+            f"{mail_from} -> {', '.join(recipients)}: queued as {stored.id} ({len(raw)} bytes){tracked}",
+        )
         self.wake()
         return f"250 2.0.0 Ok: queued as {stored.id}"
 
@@ -363,15 +357,103 @@ class Pipeline:
         except HispError as exc:
             await self._reject(mail_from, recipients, remote, exc, now)
             raise
+        return "250 2.0.0 Ok: " + await self._accept_opened(
+            result, mail_from, recipients, now=now, reason="accepted from peer HISP", remote=remote
+        )
+
+    async def _accept_opened(
+        self, result: IncomingResult, mail_from: str, recipients: Sequence[str], *, now: datetime, reason: str,
+        remote: str = "",
+    ) -> str:
+        """Store an opened message for its edge, with the processed MDNs it owes; or, for an MDN or DSN, update
+        the tracking of the message it is about and forward it only when the rules say so.
+
+        :returns: what happened, for the ``250`` reply (``"queued as ..."``, ``"notification recorded"``).
+        :raises StorageError: nothing was stored.
+
+        Spec: AS-18 (processed MDN after successful processing), AS-19 (none for a notification), DN-2, DN-8.
+        """
         plain = trust_header(result) + result.message
         envelope = Envelope(Direction.INCOMING, mail_from, tuple(recipients), _header(result.message, "Message-ID"))
         record = AuditRecord(
             fingerprints=_fingerprints((result.signer, result.decrypted.recipient)),
-            verdict=_verdict(result), reason="accepted from peer HISP", remote=remote,
+            verdict=_verdict(result), reason=reason, remote=remote,
         )
-        stored = await self._run(self.store.enqueue, envelope, plain, now=now, node=self.node, audit=record)
+        notice = await self._run(read_notice, result.message, envelope_sender=mail_from)
+        if notice is not None:
+            notice = restrict_to_signer(notice, result.sender.domain.name)
+            return await self._accept_notice(notice, envelope, plain, record, now)
+        owed: list[OwedMdn] = []
+        if self.notices.send_mdn:
+            owed = await self._run(
+                owed_mdns, result.message, recipients, disposition=Disposition.PROCESSED,
+                reporting_ua=self._reporting_ua, at=now,
+            )
+        also = [self._mdn_outbound(mdn, Disposition.PROCESSED, envelope.message_id) for mdn in owed]
+        stored = await self._run(
+            self.store.enqueue, envelope, plain, now=now, node=self.node, audit=record, also=also
+        )
+        for mdn in owed:
+            self._tell("mdn", f"processed MDN from {mdn.recipient} to {mdn.to} queued ({mdn.message_id})")
         self.wake()
-        return f"250 2.0.0 Ok: queued as {stored.id}"
+        return f"queued as {stored.id}"
+
+    @property
+    def _reporting_ua(self) -> str:
+        return f"{self.notices.hostname}; hisp"
+
+    @staticmethod
+    def _mdn_outbound(mdn: OwedMdn, disposition: Disposition, original_id: str | None) -> Outbound:
+        """An MDN to seal and send: null reverse-path (RFC 8098 section 2.1), so it is never bounced."""
+        return Outbound(
+            Envelope(Direction.OUTGOING, "", (mdn.to,), mdn.message_id), mdn.raw,
+            AuditRecord(reason=f"{disposition.value} MDN from {mdn.recipient} for {original_id or '?'} to {mdn.to}"),
+        )
+
+    async def _accept_notice(
+        self, notice: Notice, envelope: Envelope, plain: bytes, record: AuditRecord, now: datetime
+    ) -> str:
+        """A received MDN or DSN: apply it to its message's track; forward it to the edge when the rules say so.
+
+        Unmatched notices (no key, no event its signer may speak for, or no tracked message under the key) are
+        forwarded as they are (issue 6).
+
+        Spec: DN-2, DN-7, DN-8, DN-10.
+        """
+        forward = Outbound(envelope, plain, record)
+        outcome: NoticeOutcome | None = None
+        if self.tracking is not None and notice.key and notice.events:
+
+            def decide(tracked: TrackedMessage) -> TrackDecision[NoticeOutcome]:
+                applied = apply_notice(tracked.track, notice, now)
+                return TrackDecision(applied, (forward,) if applied.forward else ())
+
+            outcome = await self._run(
+                self.tracking.update_tracking, decide, now=now, node=self.node, header_message_id=notice.key
+            )
+        about = f"{notice.kind} about <{notice.key}>" if notice.key else f"{notice.kind} naming no original"
+        defects = f" (defects: {'; '.join(notice.defects)[:200]})" if notice.defects else ""
+        if outcome is None:
+            unmatched = AuditRecord(
+                fingerprints=record.fingerprints, verdict=record.verdict, remote=record.remote,
+                reason=f"{about}: not tracked here, forwarded{defects}"[:500],
+            )
+            stored = await self._run(self.store.enqueue, envelope, plain, now=now, node=self.node, audit=unmatched)
+            self._tell("notification", f"{about}: not tracked here; forwarded to {', '.join(envelope.recipients)}")
+            self.wake()
+            return f"queued as {stored.id}"
+        verdict = "forwarded to the edge" if outcome.forward else "recorded, not forwarded"
+        self._tell("notification", f"{about}: {outcome.explain()}; {verdict}")
+        if outcome.forward:
+            self.wake()
+            return "notification forwarded"
+        kept = AuditRecord(
+            mail_from=envelope.mail_from, recipients=envelope.recipients, fingerprints=record.fingerprints,
+            reason=f"{about}: {outcome.explain()}; not forwarded (DN-8/DN-10){defects}"[:500], remote=record.remote,
+        )
+        with contextlib.suppress(StorageError):
+            await self._run(self.audit.append, AuditKind.NOTIFY, now, node=self.node, record=kept)
+        return "notification recorded"
 
     async def _reject(
         self, mail_from: str, recipients: Sequence[str], remote: str, exc: HispError, now: datetime
@@ -611,16 +693,11 @@ class Pipeline:
         except HispError as exc:
             await self._bounce(job, exc.message, exc.smtp_status, raw=original)
             return
-        plain = trust_header(result) + result.message
-        envelope = Envelope(Direction.INCOMING, job.mail_from, (job.address,), _header(result.message, "Message-ID"))
-        incoming = AuditRecord(
-            fingerprints=_fingerprints((result.signer, result.decrypted.recipient)),
-            verdict=_verdict(result), reason="accepted from a hosted sender",
+        done = await self._accept_opened(
+            result, job.mail_from, [job.address], now=now, reason="accepted from a hosted sender"
         )
-        stored = await self._run(self.store.enqueue, envelope, plain, now=now, node=self.node, audit=incoming)
         await self._run(
-            self.queue.complete, job, self.clock(), target="local", reply=f"250 2.0.0 queued locally as {stored.id}",
-            audit=record,
+            self.queue.complete, job, self.clock(), target="local", reply=f"250 2.0.0 {done} (local)", audit=record,
         )
         self.wake()
 
@@ -634,8 +711,33 @@ class Pipeline:
         trust = _header(raw, TRUST_HEADER) or ""
         record = AuditRecord(verdict=trust[:300])
         results = await self.edge.deliver(endpoint, jobs[0].mail_from, [j.address for j in jobs], raw)
+        final = self.notices.send_mdn and any(
+            outcome.outcome is DeliveryOutcome.DELIVERED for outcome in results
+        ) and await self._run(wants_final_delivery, raw)
         for job, outcome in zip(jobs, results, strict=True):
+            if final and outcome.outcome is DeliveryOutcome.DELIVERED:
+                # before the claim ends: a crash in between sends it twice (the sender drops the duplicate, DN-8)
+                await self._send_mdns(raw, job.address, Disposition.DISPATCHED)
             await self._settle(job, outcome, record, raw, step="delivered")
+
+    async def _send_mdns(self, raw: bytes, address: str, disposition: Disposition, failure: str | None = None) -> None:
+        """Queue the dispatched or failed MDN one recipient owes for a delivered or undeliverable message.
+
+        Spec: DN-3 (dispatched, with the extension field), DN-5 (failed).
+        """
+        now = self.clock()
+        plain = _without_trust_header(raw)
+        owed = await self._run(
+            owed_mdns, plain, [address], disposition=disposition, reporting_ua=self._reporting_ua, at=now,
+            failure=failure,
+        )
+        original_id = _header(plain, "Message-ID")
+        for mdn in owed:
+            item = self._mdn_outbound(mdn, disposition, original_id)
+            await self._run(self.store.enqueue, item.envelope, item.raw, now=now, node=self.node, audit=item.audit)
+            self._tell("mdn", f"{disposition.value} MDN from {mdn.recipient} to {mdn.to} queued ({mdn.message_id})")
+        if owed:
+            self.wake()
 
     async def _settle(self, job: Job, outcome: RecipientResult, record: AuditRecord, raw: bytes, *, step: str) -> None:
         """End a claim after a relay or delivery: complete, retry later or bounce."""
@@ -672,25 +774,196 @@ class Pipeline:
             audit=AuditRecord(reason=f"{status} {reason}"[:500], remote=target),
         )
         self._tell("bounced", f"{job.address}: {status} {reason}")
-        if state is RecipientState.BOUNCED:
-            with contextlib.suppress(HispError):
-                await self._send_dsn(job, reason, status if status.startswith("5.") else "5.0.0", raw, target, now)
+        status = status if status.startswith("5.") else "5.0.0"
+        try:
+            if job.direction is Direction.INCOMING:
+                await self._undeliverable(job, reason, state, raw, target, now)
+            else:
+                await self._unsendable(job, reason, status, state, raw, target, now)
+        except HispError as exc:  # the bounce stands; the notice is what is lost, and the log says so
+            _log.error("no notification for %s of %s: %s", job.address, job.message_id, exc.message)
 
-    async def _send_dsn(self, job: Job, reason: str, status: str, raw: bytes, remote: str, now: datetime) -> None:
-        """Queue the DSN owed to the sender: local delivery when the sender is ours, else the outgoing path."""
+    async def _undeliverable(
+        self, job: Job, reason: str, state: RecipientState, raw: bytes, target: str, now: datetime
+    ) -> None:
+        """A received message that could not reach its edge: a failed MDN when the sender asked for
+        final-delivery notification, else a DSN 5.5.0 to the sender; nothing for a notification.
+
+        Spec: DN-5; AS-19; requirements section 8.4 (5.5.0, Direct-secured when it goes to a partner).
+        """
+        if await self._run(is_notification, _without_trust_header(raw)):
+            return
+        if self.notices.send_mdn and await self._run(wants_final_delivery, raw):
+            await self._send_mdns(raw, job.address, Disposition.FAILED, failure=reason[:400] or "not delivered")
+            return
+        if state is RecipientState.BOUNCED:
+            await self._send_dsn(job, reason, "5.5.0", _without_trust_header(raw), target, now)
+
+    async def _unsendable(
+        self, job: Job, reason: str, status: str, state: RecipientState, raw: bytes, target: str, now: datetime
+    ) -> None:
+        """An outgoing message that cannot reach one recipient: the tracked failure, and one DSN to the edge
+        unless that recipient already had its terminal notice (DN-8); untracked messages get their DSN as
+        before.
+
+        Spec: DN-6, DN-8, AS-22.
+        """
+        if not job.mail_from or await self._run(_is_report, raw):
+            return
+        if self.tracking is not None:
+            item = self._dsn_outbound(job, reason, status, raw, target, now)
+
+            def decide(tracked: TrackedMessage) -> TrackDecision[bool]:
+                transition = tracked.track.apply(
+                    job.address, Event.FAILED, now, detail=f"not sent: {status} {reason}"[:500]
+                )
+                send = transition is None or transition.action is Action.FORWARD
+                return TrackDecision(send, (item,) if send else ())
+
+            sent = await self._run(
+                self.tracking.update_tracking, decide, now=now, node=self.node, queue_id=job.message_id
+            )
+            if sent is not None:
+                if sent:
+                    with contextlib.suppress(StorageError):  # the DSN is queued; only its audit line would be lost
+                        await self._run(
+                            self.audit.append, AuditKind.NOTIFY, now, node=self.node, message_id=job.message_id,
+                            record=AuditRecord(
+                                recipients=item.envelope.recipients,
+                                reason=f"DSN {item.envelope.message_id} queued: {status} {reason}"[:500],
+                            ),
+                        )
+                    self._tell("dsn", f"to {job.mail_from}: {job.address} {status} ({item.envelope.message_id})")
+                    self.wake()
+                else:
+                    self._tell("dsn", f"none for {job.address}: its terminal notice was already given (DN-8)")
+                return
+        if state is RecipientState.BOUNCED:
+            await self._send_dsn(job, reason, status, raw, target, now)
+
+    def _dsn_outbound(
+        self, job: Job, reason: str, status: str, raw: bytes, remote: str, now: datetime
+    ) -> Outbound:
+        """The DSN owed to a message's sender: local delivery when the sender is ours, else the outgoing path
+        (sealed from our postmaster, or from our recipient when only it has a certificate)."""
         sender = DirectAddress.parse(job.mail_from)
         ours = self.hosting.is_hosted(sender)
-        reporting_domain = sender.domain if ours else DirectAddress.parse(job.address).domain
-        dsn = build_bounce(
-            reporting=DirectAddress("postmaster", reporting_domain), to=str(sender), recipient=job.address,
-            status=status, reason=reason, original=raw, at=now, remote=remote,
+        reporting = sender.domain if ours else DirectAddress.parse(job.address).domain
+        postmaster = DirectAddress("postmaster", reporting)
+        from_address = str(postmaster) if ours or self.hosting.credentials(postmaster) else job.address
+        diagnostic = f"{reason} (at {remote})" if remote else reason
+        message_id, dsn = failure_dsn(
+            raw, job.address, status, diagnostic, sender=str(sender), postmaster=from_address,
+            reporting_mta=self.notices.hostname, at=now,
         )
         direction = Direction.INCOMING if ours else Direction.OUTGOING
-        envelope = Envelope(direction, "", (str(sender),), _header(dsn, "Message-ID"))
-        record = AuditRecord(reason=f"DSN for {job.message_id} to {sender}: {status}")
-        stored = await self._run(self.store.enqueue, envelope, dsn, now=now, node=self.node, audit=record)
+        return Outbound(
+            Envelope(direction, "", (str(sender),), message_id), dsn,
+            AuditRecord(reason=f"DSN for {job.message_id} to {sender}: {status} {reason}"[:500]),
+        )
+
+    async def _send_dsn(self, job: Job, reason: str, status: str, raw: bytes, remote: str, now: datetime) -> None:
+        """Queue the DSN owed to the sender (see :meth:`_dsn_outbound`) and record that it was sent."""
+        item = self._dsn_outbound(job, reason, status, raw, remote, now)
+        stored = await self._run(self.store.enqueue, item.envelope, item.raw, now=now, node=self.node, audit=item.audit)
         await self._run(
             self.audit.append, AuditKind.NOTIFY, now, node=self.node, message_id=job.message_id,
-            record=AuditRecord(recipients=(str(sender),), reason=f"DSN queued as {stored.id}: {status} {reason}"[:500]),
+            record=AuditRecord(
+                recipients=item.envelope.recipients, reason=f"DSN queued as {stored.id}: {status} {reason}"[:500]
+            ),
         )
+        self._tell("dsn", f"to {job.mail_from}: {job.address} {status} ({item.envelope.message_id})")
         self.wake()
+
+    # -- timely and reliable: the timeout scan --------------------------------------------------------------
+
+    async def run_timeouts(self, stop: asyncio.Event, *, interval: float = 30.0) -> None:
+        """Scan for tracked messages past their deadline every ``interval`` seconds until ``stop`` is set.
+
+        Spec: DN-7, DN-9; issue 6 ("Timers survive restarts and work with several nodes").
+        """
+        while not stop.is_set():
+            try:
+                await self.expire_once()
+            except HispError as exc:
+                _log.error("timeout scan: %s", exc.message)
+            except Exception:
+                _log.exception("timeout scan failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def expire_once(self, limit: int = 16) -> int:
+        """Time out the tracked messages whose deadline has passed: one DSN per message to its sender, listing
+        its incomplete recipients (5.4.71 no processed MDN, 5.4.72 no dispatched MDN), queued in the same
+        transaction as the state change. Claims come from the store, so two nodes never expire one message
+        twice, and a node that died after claiming leaves it to another when the lease ends.
+
+        :param limit: messages handled at most.
+        :returns: how many tracked messages were claimed.
+        :raises StorageError: the claim failed.
+
+        Spec: DN-7, DN-8 (one terminal notice), DN-9 (measured from the original send).
+        """
+        if self.tracking is None:
+            return 0
+        tracking = self.tracking
+        now = self.clock()
+        claimed = await self._run(tracking.claim_expired, self.node, now, self.lease_seconds, limit)
+        for queue_id in claimed:
+            try:
+                original = await self._run(self.store.raw, queue_id)
+            except StorageError as exc:  # purged or unreadable: the DSN still names the recipients
+                _log.warning("timeout DSN for %s without the original's headers: %s", queue_id, exc.message)
+                original = b""
+
+            def decide(
+                tracked: TrackedMessage, original: bytes = original, queue_id: str = queue_id
+            ) -> TrackDecision[str]:
+                expired = tracked.track.expire(now)
+                if not expired:
+                    return TrackDecision("")
+                domain = tracked.sender.rpartition("@")[2]
+                message_id, dsn = timeout_dsn(
+                    original, expired, sender=tracked.sender, postmaster=f"postmaster@{domain}",
+                    reporting_mta=self.notices.hostname, at=now,
+                )
+                listed = ", ".join(f"{a} {t.status}" for a, t in expired)
+                item = Outbound(
+                    Envelope(Direction.INCOMING, "", (tracked.sender,), message_id), dsn,
+                    AuditRecord(reason=f"timeout DSN for {queue_id} to {tracked.sender}: {listed}"[:500]),
+                )
+                return TrackDecision(listed, (item,))
+
+            listed = await self._run(tracking.update_tracking, decide, now=now, node=self.node, queue_id=queue_id)
+            if listed:
+                self._tell("timeout", f"message {queue_id}: no notification in time for {listed}; DSN queued")
+                self.wake()
+        return len(claimed)
+
+
+def _with_message_id(raw: bytes, mail_from: str) -> tuple[bytes, str]:
+    """``raw`` with a Message-ID (one is added at the top when it has none, RFC 6409 section 8.3) and that id."""
+    existing = _header(raw, "Message-ID")
+    if existing:
+        return raw, existing
+    domain = mail_from.rpartition("@")[2] or "localhost"
+    message_id = new_message_id(domain)
+    return f"Message-ID: {message_id}\r\n".encode("ascii") + raw, message_id
+
+
+def _is_report(raw: bytes) -> bool:
+    """Whether a plain message is an MDN or DSN (checked in full only when its Content-Type says report)."""
+    content_type = (_header(raw, "Content-Type") or "").lower()
+    if "report" not in content_type and "notification" not in content_type and "delivery-status" not in content_type:
+        return False
+    return is_notification(raw)
+
+
+def _without_trust_header(raw: bytes) -> bytes:
+    """A stored incoming message without the ``X-Direct-Trust:`` line we put first (the message as sent)."""
+    prefix = TRUST_HEADER.encode("ascii") + b":"
+    if raw.startswith(prefix):
+        end = raw.find(b"\r\n")
+        if end >= 0:
+            return raw[end + 2 :]
+    return raw

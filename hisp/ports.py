@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from hisp.addresses import DirectAddress, HealthDomain
 from hisp.core.agent import RecipientTrust, SignerTrust
@@ -39,6 +39,7 @@ from hisp.core.certs import Credential
 from hisp.core.discovery import DiscoveryResult
 from hisp.core.policy import Direction
 from hisp.core.smtp_policy import RecipientResult
+from hisp.core.tracking import MessageTrack
 from hisp.errors import ConfigError
 
 __all__ = [
@@ -59,13 +60,19 @@ __all__ = [
     "Notification",
     "NotificationKind",
     "NotificationStatus",
+    "Outbound",
     "Queue",
     "RecipientState",
     "RecipientStatus",
     "Relay",
     "RetrySchedule",
     "StoredMessage",
+    "TrackDecision",
+    "TrackedMessage",
+    "TrackingStore",
 ]
+
+_R = TypeVar("_R")
 
 
 class RecipientState(enum.Enum):
@@ -151,6 +158,53 @@ class AuditRecord:
     verdict: str = ""
     reason: str = ""
     remote: str = ""
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A message to enqueue in the same transaction as another change (an MDN with the message it answers,
+    a DSN with the tracking change that owes it), so that a crash loses both or neither.
+
+    :ivar envelope: its envelope (``direction`` says which path it takes: outgoing is sealed and relayed,
+        incoming is delivered to a hosted edge endpoint).
+    :ivar raw: the plain message, CRLF line endings.
+    :ivar audit: evidence for its ``accept`` audit event.
+    """
+
+    envelope: Envelope
+    raw: bytes
+    audit: AuditRecord | None = None
+
+
+@dataclass(frozen=True)
+class TrackDecision(Generic[_R]):
+    """What a tracking decision returns to :meth:`TrackingStore.update_tracking`: a result for the caller and
+    the messages to enqueue in the same transaction as the state change.
+
+    :ivar result: handed back by ``update_tracking``.
+    :ivar enqueue: messages stored and queued atomically with the change.
+    """
+
+    result: _R
+    enqueue: tuple[Outbound, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrackedMessage:
+    """A tracked outgoing message as stored.
+
+    :ivar queue_id: the queue id of the original message (``messages.id``).
+    :ivar header_message_id: its Message-ID as submitted (the correlation key's source, DN-2).
+    :ivar sender: the envelope sender of the original: where DSNs about it go.
+    :ivar track: the core state: mode, deadline, every recipient's state and history.
+    :ivar complete: no recipient waits any more (no timer).
+    """
+
+    queue_id: str
+    header_message_id: str
+    sender: str
+    track: MessageTrack
+    complete: bool
 
 
 @dataclass(frozen=True)
@@ -358,7 +412,15 @@ class MessageStore(Protocol):
     """Durable storage of accepted messages and the queries behind ``hisp messages list/show``."""
 
     def enqueue(
-        self, envelope: Envelope, raw: bytes, *, now: datetime, node: str = "", audit: AuditRecord | None = None
+        self,
+        envelope: Envelope,
+        raw: bytes,
+        *,
+        now: datetime,
+        node: str = "",
+        audit: AuditRecord | None = None,
+        also: Sequence[Outbound] = (),
+        track: MessageTrack | None = None,
     ) -> StoredMessage:
         """Store a message and queue each recipient; durable when it returns, so the caller may reply 250.
 
@@ -367,7 +429,10 @@ class MessageStore(Protocol):
         :param now: the time of acceptance (``received_at``, the first ``next_attempt_at``).
         :param node: the accepting node, for the ``accept`` audit event.
         :param audit: evidence for the ``accept`` audit event appended in the same transaction.
-        :returns: the stored message, every recipient ``queued``.
+        :param also: more messages stored and queued in the same transaction (e.g. its processed MDNs).
+        :param track: start tracking this message (its queue id, ``envelope.mail_from`` as the sender) in the
+            same transaction; ``track.message_id`` is the Message-ID as submitted.
+        :returns: the stored message (not those of ``also``), every recipient ``queued``.
         :raises StorageError: nothing was stored (the caller answers 451).
         """
         ...
@@ -523,3 +588,46 @@ class EdgeDelivery(Protocol):
         """One result per recipient, in order."""
         ...
 
+
+@runtime_checkable
+class TrackingStore(Protocol):
+    """Durable timely-and-reliable tracking of outgoing messages (DN-7..DN-10).
+
+    The store persists :class:`~hisp.core.tracking.MessageTrack` state; the decisions stay in the core: the
+    caller passes a function that mutates the loaded track (``apply``, ``expire``) and says what to enqueue.
+    """
+
+    def update_tracking(
+        self,
+        decide: Callable[[TrackedMessage], TrackDecision[_R]],
+        *,
+        now: datetime,
+        node: str = "",
+        header_message_id: str | None = None,
+        queue_id: str | None = None,
+    ) -> _R | None:
+        """Load one track (by the correlation key of ``header_message_id``, the newest such, or by
+        ``queue_id``; exactly one of them), locked against concurrent updates, call ``decide`` on it, then in
+        one transaction persist the recipients' new states and the history records ``decide`` appended,
+        recompute ``complete``, release any timeout claim, and store and queue ``decision.enqueue``.
+
+        :returns: ``decision.result``; ``None`` (``decide`` not called) when nothing is tracked under the key.
+        :raises StorageError: the database failed (nothing changed), or neither or both keys were given.
+        """
+        ...
+
+    def claim_expired(self, node: str, now: datetime, lease_seconds: float, limit: int) -> list[str]:
+        """Claim incomplete tracks whose deadline has passed (``deadline <= now``) and that no live claim
+        holds, for ``lease_seconds``; several nodes never claim the same track at once.
+
+        :returns: their queue ids, oldest deadline first, at most ``limit``.
+        :raises StorageError: the database failed.
+        """
+        ...
+
+    def tracking(self, key: str) -> TrackedMessage:
+        """One track by queue id or by Message-ID (correlation key; the newest such), for ``hisp track``.
+
+        :raises StorageError: nothing is tracked under ``key``, or the database failed.
+        """
+        ...

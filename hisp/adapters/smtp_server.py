@@ -172,6 +172,9 @@ class ListenerSettings:
     :ivar auth_failure_delay: seconds to wait before answering 535 (slows password guessing).
     :ivar max_auth_attempts: AUTH commands per connection; one more gets 421 and a close.
     :ivar check_header_from: on submission, also require the From header addresses to be the user's.
+    :ivar reuse_port: bind with ``SO_REUSEPORT`` so that several processes (``hisp serve --workers N``) listen on
+        the same address and port and the kernel spreads the connections among them (Linux; any process of the
+        same user may then bind the port too, so only set it for a fixed port that several processes share).
     :raises ConfigError: (when built) a bound is not positive, or submission without TLS.
 
     Spec: RFC 5321 sections 4.5.3.1 and 4.5.3.2; RFC 1870; RFC 3207; RFC 4954.
@@ -190,6 +193,7 @@ class ListenerSettings:
     auth_failure_delay: float = 2.0
     max_auth_attempts: int = 3
     check_header_from: bool = True
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.max_message_size < 1 or self.max_recipients < 1 or self.max_connections < 1:
@@ -543,9 +547,12 @@ class SmtpListener:
         """Listen.
 
         :raises OSError: the address cannot be bound.
+        :raises ValueError: :attr:`ListenerSettings.reuse_port` on a platform without ``SO_REUSEPORT``.
         """
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self.settings.host, self.settings.port)
+        self._server = await loop.create_server(
+            self._protocol, self.settings.host, self.settings.port, reuse_port=self.settings.reuse_port or None
+        )
         _log.info("%s listener on %s:%d", self.settings.kind.value, self.settings.host, self.port)
 
     async def close(self, grace: float = 10.0) -> None:

@@ -115,6 +115,12 @@ def summary(config: Config) -> str:
         f"{retry.maximum.total_seconds():g} s, lifetime {retry.lifetime.total_seconds():g} s, "
         f"lease {config.queue.lease:g} s, {config.queue.workers} workers"
     )
+    notes = config.notifications
+    lines.append(
+        f"notifications: MDNs {'sent' if notes.send_mdn else 'not sent'} for received messages; "
+        f"tracking timeout {notes.timeout:g} s; processed MDNs "
+        f"{'consumed' if notes.consume_processed else 'forwarded to the edge'}"
+    )
     return "\n".join(lines)
 
 

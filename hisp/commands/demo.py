@@ -58,9 +58,11 @@ from hisp.commands.publish import publications
 from hisp.config import load_config
 from hisp.core import devca
 from hisp.core.certs import private_key_to_pem
+from hisp.core.mdn import FINAL_DELIVERY_FIELD, parse_mdn
 from hisp.core.publish import Zones, ZoneSettings, build_zones
 from hisp.core.smtp_policy import hash_password
 from hisp.errors import HispError
+from hisp.ports import Direction
 
 __all__ = ["DemoSetup", "attachment_of", "demo", "prepare", "referral", "submit"]
 
@@ -123,7 +125,7 @@ def _pem(path: Path, issued: devca.Issued) -> tuple[str, str]:
 def _write_site(
     root: Path, domain: str, user: str, own: devca.Issued, peer_anchor: Path, own_anchor: Path,
     tls: tuple[Path, Path], ports: dict[str, int], peer_backbone: int, dns_port: int, password_hash: str | None,
-    endpoint: str, queue: str,
+    endpoint: str, queue: str, notifications: str = "",
 ) -> _Site:
     directory = root / domain.split(".")[1]
     directory.mkdir(parents=True, exist_ok=True)
@@ -206,18 +208,22 @@ timeout = 10
 url = "sqlite:///hisp.sqlite3"
 
 [queue]
-{queue or DEMO_QUEUE}"""
+{queue or DEMO_QUEUE}
+[notifications]
+{notifications}"""
     config = directory / "hisp.toml"
     config.write_text(text, "utf-8")
     return _Site(domain, directory, config, ports["backbone"], ports.get("submission"))
 
 
-def referral(attachment: bytes, filename: str, at: datetime) -> bytes:
+def referral(attachment: bytes, filename: str, at: datetime, *, final_delivery: bool = False) -> bytes:
     """The referral as dr.smith's EHR writes it: a short note and the attachment (base64), CRLF.
 
     :param attachment: the file's bytes.
     :param filename: its name.
     :param at: the Date.
+    :param final_delivery: ask for final-destination delivery notification (DN-1): a dispatched MDN comes back
+        once the hospital's EHR has it.
     :returns: the message.
     """
     kind = mimetypes.guess_type(filename)[0] or "application/octet-stream"
@@ -231,6 +237,7 @@ def referral(attachment: bytes, filename: str, at: datetime) -> bytes:
         "Subject: Referral: cardiology consult",
         f"Date: {email.utils.format_datetime(at)}",
         f"Message-ID: <{secrets.token_hex(12)}@{CLINIC}>",
+        *([f"Disposition-Notification-Options: {FINAL_DELIVERY_FIELD}=optional,true"] if final_delivery else []),
         "MIME-Version: 1.0",
         f'Content-Type: multipart/mixed; boundary="{boundary}"',
         "",
@@ -299,7 +306,8 @@ class DemoSetup:
 
 
 def prepare(
-    root: Path, at: datetime, *, hospital_endpoint: str = "maildir:ehr/Maildir", queue: str = ""
+    root: Path, at: datetime, *, hospital_endpoint: str = "maildir:ehr/Maildir", queue: str = "",
+    notifications: str = "",
 ) -> DemoSetup:
     """Write the demo's PKI and the two HISPs' configurations under ``root`` (tests reuse it).
 
@@ -307,6 +315,7 @@ def prepare(
     :param at: the issue time of the certificates.
     :param hospital_endpoint: the hospital domain's delivery endpoint.
     :param queue: the body of both ``[queue]`` tables (default :data:`DEMO_QUEUE`).
+    :param notifications: the body of both ``[notifications]`` tables (default: empty, the defaults).
     :returns: what was written.
     :raises HispError: no free loopback port.
     """
@@ -329,11 +338,12 @@ def prepare(
     clinic = _write_site(
         root, CLINIC, SENDER, smith, anchors["hospital-ca"], anchors["clinic-ca"], (tls_cert, tls_key),
         ports["clinic"], ports["hospital"]["backbone"], dns_port, hash_password(password), "maildir:ehr/Maildir",
-        queue,
+        queue, notifications,
     )
     hospital = _write_site(
         root, HOSPITAL, RECIPIENT, jones, anchors["clinic-ca"], anchors["hospital-ca"], (tls_cert, tls_key),
         ports["hospital"], ports["clinic"]["backbone"], dns_port, None, hospital_endpoint, queue,
+        notifications,
     )
     issued = {"clinic-ca": clinic_ca, "hospital-ca": hospital_ca, "smith": smith, "jones": jones}
     return DemoSetup(clinic, hospital, anchors, password, dns_port, issued)
@@ -377,7 +387,7 @@ async def _run(root: Path, attachment: bytes, filename: str) -> bool:
         for node, site in zip(nodes, (clinic, hospital), strict=True):
             await node.start()
             show(site.domain.split(".")[1], "HISP up", ", ".join(f"{k} 127.0.0.1:{v}" for k, v in node.ports.items()))
-        reply = await submit(setup, referral(attachment, filename, at))
+        reply = await submit(setup, referral(attachment, filename, at, final_delivery=True))
         show("ehr", "sent", f"over STARTTLS + AUTH as dr.smith: {reply}")
         maildir = hospital.directory / "ehr" / "Maildir" / "new"
         deadline = time.monotonic() + DELIVERY_DEADLINE
@@ -403,12 +413,52 @@ async def _run(root: Path, attachment: bytes, filename: str) -> bool:
         same = received == attachment
         show("demo", "attachment", f"{filename}: {len(received)} bytes, sha256 {hashlib.sha256(received).hexdigest()}"
              f" {'==' if same else '!='} sent {sent_digest}: {'byte-identical' if same else 'DIFFERENT'}")
-        show("demo", "MDN", "processed MDN back to the clinic: not implemented yet (notifications issue)")
-        return same
+        if not same:
+            return False
+        return await _show_mdns(show, clinic.directory / "ehr" / "Maildir" / "new", nodes[0])
     finally:
         for node in nodes:
             await node.stop(grace=5.0)
         await dns.close()
+
+
+async def _show_mdns(show: _Printer, maildir: Path, clinic: Node) -> bool:
+    """Wait until the clinic's HISP has the processed and dispatched MDNs for the referral; show what it did with
+    each (forwarded to dr.smith's mailbox, or recorded: the edge gets at most one terminal notice, DN-8) and the
+    tracking state. True when both came back and the referral is tracked as dispatched."""
+    store = clinic.store
+    assert store is not None
+    loop = asyncio.get_running_loop()
+    (sent,) = await loop.run_in_executor(None, lambda: store.list_messages(direction=Direction.OUTGOING, limit=1))
+    deadline = time.monotonic() + DELIVERY_DEADLINE
+    while True:
+        tracked = await loop.run_in_executor(None, store.tracking, sent.id)
+        history = [record for r in tracked.track.recipients.values() for record in r.history]
+        events = {record.event.value for record in history}
+        if tracked.complete and {"processed", "dispatched"} <= events:
+            break
+        if time.monotonic() > deadline:
+            show("demo", "FAILED", f"no processed and dispatched MDNs within {DELIVERY_DEADLINE:g} s (saw "
+                 f"{sorted(events) or 'none'})")
+            return False
+        await asyncio.sleep(0.1)
+    for record in history:
+        what = {"forward": "forwarded to dr.smith's mailbox", "record": "recorded (dr.smith already has the final "
+                "notice)", "consume": "recorded (consumed)", "drop": "duplicate, dropped"}.get(record.action.value,
+                                                                                             record.action.value)
+        show("clinic", "MDN", f"{record.event.value}: {record.detail}: {what}")
+    forwarded = sum(record.action.value == "forward" for record in history)
+    while len(list(maildir.glob("*")) if maildir.is_dir() else []) < forwarded and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # the forwarded MDNs are on their way to the mailbox through the queue
+    for path in sorted(maildir.glob("*")) if maildir.is_dir() else []:
+        mdn = parse_mdn(path.read_bytes())
+        if mdn.disposition:
+            show("ehr", "MDN", f"dr.smith's mailbox: {mdn.disposition} from {mdn.final_recipient} about "
+                 f"{mdn.original_message_id}" + (f" ({FINAL_DELIVERY_FIELD})" if mdn.final_delivery else ""))
+    states = ", ".join(f"{r.address} {r.state.value}" for r in tracked.track.recipients.values())
+    show("clinic", "tracking", f"{tracked.header_message_id} ({tracked.track.mode.value}): {states} "
+         f"(`hisp track {sent.id} -c {clinic.config.path}` shows the history; with --keep DIR it stays)")
+    return all(r.state.value == "dispatched" for r in tracked.track.recipients.values())
 
 
 @click.command("demo")
@@ -435,4 +485,7 @@ def demo(keep: str | None, attach: str | None) -> None:
             shutil.rmtree(root, ignore_errors=True)
     if not ok:
         raise SystemExit(1)
-    click.echo("demo: done: the referral reached the hospital EHR intact" + (f"; files kept in {root}" if keep else ""))
+    click.echo(
+        "demo: done: the referral reached the hospital EHR intact, and the processed and dispatched MDNs came back"
+        + (f"; files kept in {root}" if keep else "")
+    )

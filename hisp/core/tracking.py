@@ -48,6 +48,7 @@ __all__ = [
     "Record",
     "State",
     "Transition",
+    "correlation_key",
     "event_for_dsn",
     "event_for_mdn",
     "is_complete",
@@ -277,6 +278,20 @@ def is_complete(mode: Mode, state: State) -> bool:
     return state is not State.SENT
 
 
+def correlation_key(message_id: str) -> str:
+    """The form in which Message-IDs are compared: angle brackets, whitespace and case removed.
+
+    ``<ABC@x.org>``, `` abc@x.org `` and ``<abc@X.ORG>`` give the same key, as peers rewrite case and
+    brackets in Original-Message-ID and X-Original-Message-ID.
+
+    :param message_id: a Message-ID as found in a header or notification field.
+    :returns: the key; ``""`` for a blank value.
+
+    Spec: DN-2 (the Message-ID is the correlation key).
+    """
+    return "".join(message_id.split()).strip("<>").lower()
+
+
 def event_for_mdn(mdn: Mdn) -> Event:
     """The tracking event of a parsed MDN.
 
@@ -321,6 +336,8 @@ class Record:
     after: State
     action: Action
     status: str | None = None
+    #: What the event was, for the history (e.g. ``"MDN <id> from b@x.org"``), one line, bounded.
+    detail: str = ""
 
 
 @dataclass
@@ -387,9 +404,10 @@ class MessageTrack:
         """When incomplete recipients time out: the original send plus the timeout (DN-9)."""
         return self.sent_at + self.timeout
 
-    def apply(self, recipient: str, event: Event, at: datetime) -> Transition | None:
+    def apply(self, recipient: str, event: Event, at: datetime, *, detail: str = "") -> Transition | None:
         """Apply ``event`` to ``recipient``.
 
+        :param detail: what the event was, kept in the history (one line; cut at 500 characters).
         :returns: the transition, or ``None`` when the recipient is not tracked for this message (the
             caller records the notification as unmatched and forwards it).
         """
@@ -397,7 +415,9 @@ class MessageTrack:
         if track is None:
             return None
         transition = step(self.mode, track.state, event, consume_processed=self.consume_processed)
-        track.history.append(Record(at, event, track.state, transition.state, transition.action, transition.status))
+        track.history.append(
+            Record(at, event, track.state, transition.state, transition.action, transition.status, detail[:500])
+        )
         track.state = transition.state
         return transition
 
@@ -413,7 +433,7 @@ class MessageTrack:
         for track in self.recipients.values():
             if is_complete(self.mode, track.state):
                 continue
-            transition = self.apply(track.address, Event.TIMEOUT, at)
+            transition = self.apply(track.address, Event.TIMEOUT, at, detail="no notification in time")
             if transition is not None and transition.action is Action.EMIT_DSN:
                 expired.append((track.address, transition))
         return expired

@@ -16,6 +16,7 @@ The PostgreSQL tests run only when ``HISP_TEST_POSTGRES_URL`` is set (a fresh sc
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -46,11 +47,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:Session.login_data is deprecated
 
 
 def start(config: Path, port: int, log: Path, workers: int = 2) -> subprocess.Popen[bytes]:
-    """``hisp serve -c config`` in a new process, once it listens on ``port``; stderr goes to ``log``."""
+    """``hisp serve -c config`` in a new process (one process, ``workers`` worker tasks: ``[queue] workers`` is
+    set in the file), once it listens on ``port``; stderr goes to ``log``."""
+    config.write_text(re.sub(r"(?m)^workers = \d+$", f"workers = {workers}", config.read_text()))
     with log.open("ab") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hisp.cli", "serve", "-c", str(config), "--workers", str(workers),
-             "--log-level", "warning"],
+            [sys.executable, "-m", "hisp.cli", "serve", "-c", str(config), "--log-level", "warning"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
         )
     deadline = time.monotonic() + 30

@@ -31,7 +31,14 @@ def test_demo_delivers_the_referral_intact(tmp_path: Path) -> None:
         assert f" {step}: " in out, step
     assert "trusted with anchor CN=Clinic Demo CA" in out
     assert "byte-identical" in out and "X-Direct-Trust: pass" in out
-    assert "not implemented yet" in out  # the processed MDN: the notifications issue
+    # the processed and dispatched MDNs came back to the clinic, and dr.smith got the dispatched one (DN-3, DN-8)
+    assert "hospital mdn: processed MDN from dr.jones@direct.hospital.example" in out
+    assert "hospital mdn: dispatched MDN from dr.jones@direct.hospital.example" in out
+    assert "clinic   MDN: processed: " in out and "clinic   MDN: dispatched: " in out
+    assert "dr.smith's mailbox: dispatched from dr.jones@direct.hospital.example" in out
+    assert "(reliable): dr.jones@direct.hospital.example dispatched" in out
+    clinic_mail = list((tmp_path / "demo" / "clinic" / "ehr" / "Maildir" / "new").iterdir())
+    assert 1 <= len(clinic_mail) <= 2  # the dispatched MDN, and the processed one if it came first
     assert elapsed < 30
     delivered = list((tmp_path / "demo" / "hospital" / "ehr" / "Maildir" / "new").iterdir())
     assert len(delivered) == 1

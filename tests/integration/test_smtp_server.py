@@ -433,3 +433,26 @@ def test_line_too_long_500_and_connection_limit_and_timeout() -> None:
     assert refused.startswith(b"421 4.7.0")
     assert idle == b""
     assert recorder.calls == []
+
+
+def test_reuse_port_lets_two_listeners_share_one_port_and_both_answer() -> None:
+    """``reuse_port`` (``hisp serve --workers N``): a second listener binds the same port; without it, it cannot."""
+
+    async def scenario() -> tuple[int, int]:
+        first, second = Recorder(), Recorder()
+        async with SmtpListener(backbone(reuse_port=True), first, is_hosted=hosted) as a, \
+                SmtpListener(backbone(port=a.port, reuse_port=True), second, is_hosted=hosted) as b:
+            assert b.port == a.port
+            with pytest.raises(OSError):
+                await SmtpListener(backbone(port=a.port), Recorder(), is_hosted=hosted).start()
+            for _ in range(40):  # the kernel spreads connections: both get some (not a fixed share)
+                if first.calls and second.calls:
+                    break
+                client = aiosmtplib.SMTP(hostname="127.0.0.1", port=a.port, timeout=5)
+                await client.connect()
+                await client.sendmail("peer@direct.other.example", [HOSTED], message(sender="p@x.example"))
+                await client.quit()
+        return len(first.calls), len(second.calls)
+
+    first, second = run(scenario())
+    assert first >= 1 and second >= 1

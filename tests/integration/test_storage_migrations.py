@@ -20,7 +20,17 @@ from hisp.adapters.storage.testing import backends, scratch_database
 from hisp.errors import ConfigError, StorageError
 from hisp.ports import Direction, Envelope
 
-TABLES = {"messages", "recipients", "delivery_attempts", "notifications", "audit_events", "alembic_version"}
+TABLES = {
+    "messages",
+    "recipients",
+    "delivery_attempts",
+    "notifications",
+    "audit_events",
+    "tracked_messages",
+    "tracked_recipients",
+    "tracking_events",
+    "alembic_version",
+}
 
 
 @pytest.fixture(params=backends())
@@ -63,7 +73,8 @@ def test_the_alembic_environment_ships_in_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()
     assert list((MIGRATIONS_DIR / "versions").glob("r0001_*.py"))
-    assert head_revision() == "0001"
+    assert list((MIGRATIONS_DIR / "versions").glob("r0002_*.py"))
+    assert head_revision() == "0002"
 
 
 def test_default_url_is_a_sqlite_file_beside_the_config(tmp_path: Path) -> None:

@@ -140,12 +140,25 @@ workers = 8
         ("[queue]\nworkers = 0", "queue.workers", "between 1 and"),
         ("[queue]\nlease = 'long'", "queue.lease", "number of seconds"),
         ("[limits]\nmax_message_size = 0", "limits.max_message_size", "between 1 and"),
+        ("[notifications]\ntimeout = 0", "notifications.timeout", "between"),
+        ("[notifications]\nsend_mdn = 'yes'", "notifications.send_mdn", "true or false"),
+        ("[notifications]\nconsume_processed = 1", "notifications.consume_processed", "true or false"),
+        ("[notifications]\ntimout = 60", "notifications.timout", "unknown key"),
     ],
     ids=lambda v: v if isinstance(v, str) and len(v) < 40 and " " not in v else None,
 )
 def test_errors_name_the_key(text: str, key: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=rf"hisp\.toml: {key}: .*{problem}"):
         parse_config(text, source="hisp.toml")
+
+
+def test_notifications_defaults_and_values() -> None:
+    """DN-9: one hour by default, configurable; DN-10: processed MDNs forwarded unless consumed."""
+    defaults = parse_config("").notifications
+    assert (defaults.send_mdn, defaults.timeout, defaults.consume_processed) == (True, 3600.0, False)
+    set_ = parse_config("[notifications]\nsend_mdn = false\ntimeout = 120\nconsume_processed = true\n"
+                        "scan_interval = 5\n").notifications
+    assert (set_.send_mdn, set_.timeout, set_.consume_processed, set_.scan_interval) == (False, 120.0, True, 5.0)
 
 
 def test_config_check_prints_a_summary(tmp_path: Path) -> None:
@@ -159,6 +172,7 @@ def test_config_check_prints_a_summary(tmp_path: Path) -> None:
     assert "user ehr: may send from dr.a@direct.clinic.example" in result.output
     assert "submission: not run" in result.output and "backbone: 127.0.0.1:2525" in result.output
     assert f"storage: sqlite:///{tmp_path}/hisp.sqlite3" in result.output
+    assert "notifications: MDNs sent for received messages; tracking timeout 3600 s" in result.output
 
 
 def test_config_check_fails_with_one_line(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
-"""The message store, queue and audit log on SQLAlchemy: :class:`SqlStore`.
+"""The message store, queue, audit log and tracking store on SQLAlchemy: :class:`SqlStore`.
 
-One class implements :class:`hisp.ports.MessageStore`, :class:`hisp.ports.Queue` and
-:class:`hisp.ports.AuditLog` over the tables of :mod:`hisp.adapters.storage.models`.
+One class implements :class:`hisp.ports.MessageStore`, :class:`hisp.ports.Queue`, :class:`hisp.ports.AuditLog`
+and :class:`hisp.ports.TrackingStore` over the tables of :mod:`hisp.adapters.storage.models` (``messages``,
+``recipients``, ``delivery_attempts``, ``notifications``, ``audit_events``; ``tracked_messages``,
+``tracked_recipients``, ``tracking_events``).
 
 Where the bytes go (decided here): a message of at most ``inline_max`` bytes (default 64 KiB), or any message
 when there is no spool directory, is stored in the ``messages.content`` column, committed in the same
@@ -14,37 +16,61 @@ Durability: :meth:`SqlStore.enqueue` returns only after the spool file (if any) 
 is committed (SQLite ``synchronous=FULL`` in WAL mode; PostgreSQL's default ``synchronous_commit=on``), so the
 caller may then answer 250.
 
+Atomicity: one transaction holds everything that must not be half done. :meth:`SqlStore.enqueue` stores the
+message, its recipients and ``accept`` audit event together with the messages of ``also`` (e.g. its processed
+MDNs) and its track (``track``); :meth:`SqlStore.update_tracking` persists a tracking decision (recipient states,
+history, ``complete``, the released timeout claim) together with the messages the decision enqueues (a
+forwarded notification, a DSN). A crash or failure leaves all of it or none; spool files of a failed transaction
+are removed (those of a crash are listed by :meth:`SqlStore.spool_orphans`).
+
 Claims: :meth:`SqlStore.claim` selects due recipients with ``FOR UPDATE OF recipients SKIP LOCKED`` on
 PostgreSQL; on SQLite the same statement runs inside ``BEGIN IMMEDIATE`` (one writer at a time), so the read
 and the update are atomic. A claim carries a random token: after its lease expires another node may reclaim the
 recipient, and the first node's later calls then fail with :class:`~hisp.errors.StorageError` instead of
 ending work it no longer owns. A claim whose lease expired but that nobody reclaimed yet is still honoured.
+:meth:`SqlStore.claim_expired` claims tracks past their deadline the same way (``FOR UPDATE SKIP LOCKED``, or
+``BEGIN IMMEDIATE``), and :meth:`SqlStore.update_tracking` locks the one track it changes (``FOR UPDATE``), so
+concurrent notifications about one message are applied one after the other, none lost.
 
-Every state change goes through :func:`hisp.adapters.storage.states.check_transition`. No method reads a clock:
-every time is a ``now`` argument (aware datetime).
+Every queue state change goes through :func:`hisp.adapters.storage.states.check_transition`; tracking states
+change only as the caller's ``decide`` (the tables of :mod:`hisp.core.tracking`) changes them. No method reads a
+clock: every time is a ``now`` argument (aware datetime).
 
-Spec: DESIGN.md sections 1 and 3, issue 5 ("Durable queue and pipeline", "Audit").
+Spec: DESIGN.md sections 1 and 3, issue 5 ("Durable queue and pipeline", "Audit"); issue 6 and DN-7..DN-10
+(timely and reliable tracking).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import Engine, and_, exists, or_, select
+from sqlalchemy import Engine, Select, and_, exists, false, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hisp.adapters.storage.engine import open_engine
 from hisp.adapters.storage.migrate import upgrade
-from hisp.adapters.storage.models import AuditEventRow, DeliveryAttemptRow, MessageRow, NotificationRow, RecipientRow
+from hisp.adapters.storage.models import (
+    AuditEventRow,
+    DeliveryAttemptRow,
+    MessageRow,
+    NotificationRow,
+    RecipientRow,
+    TrackedMessageRow,
+    TrackedRecipientRow,
+    TrackingEventRow,
+)
 from hisp.adapters.storage.spool import Spool
 from hisp.adapters.storage.states import check_transition
+from hisp.core.tracking import Action, Event, MessageTrack, Mode, RecipientTrack, Record, State, correlation_key
 from hisp.errors import HispError, StorageError
 from hisp.ports import (
     AuditEvent,
@@ -60,10 +86,14 @@ from hisp.ports import (
     Notification,
     NotificationKind,
     NotificationStatus,
+    Outbound,
     Queue,
     RecipientState,
     RecipientStatus,
     StoredMessage,
+    TrackDecision,
+    TrackedMessage,
+    TrackingStore,
 )
 
 __all__ = ["DEFAULT_INLINE_MAX", "SqlStore"]
@@ -75,6 +105,11 @@ DEFAULT_INLINE_MAX = 64 * 1024
 MAX_LEASE_SECONDS = 86_400.0
 
 _NO_RECORD = AuditRecord()
+
+#: A queue id as :meth:`SqlStore.enqueue` makes them (``uuid4().hex``).
+_QUEUE_ID = re.compile(r"[0-9a-fA-F]{32}")
+
+_R = TypeVar("_R")
 
 
 def _aware(now: datetime, name: str = "now") -> datetime:
@@ -168,6 +203,77 @@ def _audit_row(
     )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """The rows of one message about to be enqueued (its body already in the spool if large)."""
+
+    message: MessageRow
+    recipients: list[RecipientRow]
+    accept: AuditEventRow
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A track as loaded for :meth:`SqlStore.update_tracking`: what ``decide`` gets, the recipient rows to write
+    back (by key) and each recipient's history as loaded (to find the records ``decide`` appended)."""
+
+    tracked: TrackedMessage
+    rows: dict[str, TrackedRecipientRow]
+    history: dict[str, list[Record]]
+
+
+class _Rollback(Exception):
+    """Raised inside a transaction to roll it back; the real exception is re-raised outside."""
+
+
+def _key(address: str) -> str:
+    """A tracked recipient's key: the address trimmed and lower-cased, as :class:`MessageTrack` keys them."""
+    return address.strip().lower()
+
+
+def _check_track(track: MessageTrack) -> None:
+    """Refuse a track that could never be matched or updated.
+
+    :raises StorageError: no recipients, a blank Message-ID, a naive ``sent_at`` or a non-positive timeout.
+    """
+    if not track.recipients:
+        raise StorageError("a tracked message needs at least one recipient")
+    if not correlation_key(track.message_id):
+        raise StorageError("a tracked message needs a Message-ID (the correlation key, DN-2)")
+    _aware(track.sent_at, "track.sent_at")
+    if track.timeout <= timedelta(0):
+        raise StorageError("the notification timeout must be positive", timeout=str(track.timeout))
+
+
+def _event_rows(tracked_id: int, address: str, records: Sequence[Record]) -> list[TrackingEventRow]:
+    return [
+        TrackingEventRow(
+            tracked_id=tracked_id,
+            address=address,
+            at=_aware(record.at, "record.at"),
+            event=Event(record.event).value,
+            before=State(record.before).value,
+            after=State(record.after).value,
+            action=Action(record.action).value,
+            status=record.status,
+            detail=record.detail,
+        )
+        for record in records
+    ]
+
+
+def _record(row: TrackingEventRow) -> Record:
+    return Record(
+        at=row.at,
+        event=Event(row.event),
+        before=State(row.before),
+        after=State(row.after),
+        action=Action(row.action),
+        status=row.status,
+        detail=row.detail,
+    )
+
+
 def _move(row: RecipientRow, new: RecipientState, now: datetime) -> None:
     """The one place where a recipient's state is written (after :func:`check_transition`)."""
     check_transition(RecipientState(row.state), new)
@@ -175,8 +281,8 @@ def _move(row: RecipientRow, new: RecipientState, now: datetime) -> None:
     row.updated_at = now
 
 
-class SqlStore(MessageStore, Queue, AuditLog):
-    """Message store, per-recipient queue and audit log on one SQLAlchemy engine.
+class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
+    """Message store, per-recipient queue, audit log and tracking store on one SQLAlchemy engine.
 
     :param engine: from :func:`~hisp.adapters.storage.engine.open_engine`, at the newest migration
         (see :meth:`open`).
@@ -186,7 +292,7 @@ class SqlStore(MessageStore, Queue, AuditLog):
 
     Thread-safe: every method uses its own session and transaction.
 
-    Spec: DESIGN.md sections 1 and 3, issue 5.
+    Spec: DESIGN.md sections 1 and 3, issue 5; issue 6 (tracking).
     """
 
     def __init__(self, engine: Engine, *, spool_dir: Path | None = None, inline_max: int = DEFAULT_INLINE_MAX) -> None:
@@ -238,25 +344,75 @@ class SqlStore(MessageStore, Queue, AuditLog):
     # MessageStore --------------------------------------------------------------------------------------------
 
     def enqueue(
-        self, envelope: Envelope, raw: bytes, *, now: datetime, node: str = "", audit: AuditRecord | None = None
+        self,
+        envelope: Envelope,
+        raw: bytes,
+        *,
+        now: datetime,
+        node: str = "",
+        audit: AuditRecord | None = None,
+        also: Sequence[Outbound] = (),
+        track: MessageTrack | None = None,
     ) -> StoredMessage:
         """Store a message and queue each recipient; durable when it returns, so the caller may reply 250.
 
-        Order: body to the spool (file fsynced, directory fsynced) if large, then one transaction with the
-        message, its recipients (``queued``, due at ``now``) and the ``accept`` audit event, committed durably.
+        Order: bodies to the spool (file fsynced, directory fsynced) if large, then one transaction with the
+        message, its recipients (``queued``, due at ``now``) and the ``accept`` audit event, the same for each
+        message of ``also``, and the track, committed durably. A crash or failure leaves all of it or none.
 
         :param envelope: the envelope; at least one recipient; duplicate addresses are stored once.
         :param raw: the message exactly as received.
         :param now: the time of acceptance.
-        :param node: the accepting node, recorded with the message and the audit event.
+        :param node: the accepting node, recorded with the messages and their audit events.
         :param audit: evidence for the ``accept`` audit event (verdict, fingerprints, remote peer).
-        :returns: the stored message, every recipient ``queued``.
-        :raises StorageError: no recipient, a naive ``now``, or nothing could be stored (no row is left; a
-            spool file already written is removed).
+        :param also: more messages stored and queued in the same transaction (e.g. processed MDNs), each with
+            its own ``accept`` event built from its :attr:`~hisp.ports.Outbound.audit`.
+        :param track: start tracking this message in the same transaction: a ``tracked_messages`` row under its
+            queue id with ``track.message_id`` (the Message-ID as submitted), ``envelope.mail_from`` as the
+            sender, the track's mode, ``sent_at``, deadline, timeout and ``complete``, and one
+            ``tracked_recipients`` row per recipient of the track (its state). History records already in the
+            track are stored too.
+        :returns: the stored message (not those of ``also``), every recipient ``queued``.
+        :raises StorageError: no recipient (in any message), a naive ``now``, a track without Message-ID or
+            recipients, or nothing could be stored (no row is left; spool files already written are removed).
 
-        Spec: DESIGN.md section 1 ("a message answered 250 is on disk first").
+        Spec: DESIGN.md section 1 ("a message answered 250 is on disk first"); issue 6 (tracking, MDNs).
         """
         _aware(now)
+        if track is not None:
+            _check_track(track)
+        spooled: list[str] = []
+        try:
+            main = self._prepare(envelope, raw, now=now, node=node, audit=audit, spooled=spooled)
+            others = [
+                self._prepare(item.envelope, item.raw, now=now, node=node, audit=item.audit, spooled=spooled)
+                for item in also
+            ]
+            with self._tx("enqueue") as session:
+                for prepared in (main, *others):
+                    self._add(session, prepared)
+                if track is not None:
+                    self._add_track(session, track, queue_id=main.message.id, sender=envelope.mail_from, now=now)
+        except BaseException:
+            self._discard(spooled)
+            raise
+        return _stored(main.message, main.recipients)
+
+    def _prepare(
+        self,
+        envelope: Envelope,
+        raw: bytes,
+        *,
+        now: datetime,
+        node: str,
+        audit: AuditRecord | None,
+        spooled: list[str],
+    ) -> _Prepared:
+        """The rows of one message to enqueue; a large body is written to the spool first (its relative path
+        appended to ``spooled``, for the caller to discard if the transaction fails).
+
+        :raises StorageError: no recipient, or the spool file cannot be written.
+        """
         addresses = list(dict.fromkeys(envelope.recipients))
         if not addresses:
             raise StorageError("a message needs at least one recipient")
@@ -265,6 +421,7 @@ class SqlStore(MessageStore, Queue, AuditLog):
         spool_path = None
         if self.spool is not None and len(raw) > self.inline_max:
             spool_path = self.spool.write(message_id, raw)
+            spooled.append(spool_path)
         message = MessageRow(
             id=message_id,
             direction=envelope.direction.value,
@@ -299,17 +456,48 @@ class SqlStore(MessageStore, Queue, AuditLog):
             mail_from=envelope.mail_from,
             recipients=addresses,
         )
-        try:
-            with self._tx("enqueue") as session:
-                session.add(message)
-                session.flush()
-                session.add_all(recipients)
-                session.add(accept)
-        except StorageError:
-            if spool_path is not None and self.spool is not None:
-                self.spool.discard(spool_path)
-            raise
-        return _stored(message, recipients)
+        return _Prepared(message, recipients, accept)
+
+    @staticmethod
+    def _add(session: Session, prepared: _Prepared) -> None:
+        """Add one prepared message, its recipients and its ``accept`` event to an open transaction."""
+        session.add(prepared.message)
+        session.flush()
+        session.add_all(prepared.recipients)
+        session.add(prepared.accept)
+
+    def _discard(self, spooled: Sequence[str]) -> None:
+        """Remove spool files whose rows were never committed."""
+        if self.spool is not None:
+            for path in spooled:
+                self.spool.discard(path)
+
+    @staticmethod
+    def _add_track(session: Session, track: MessageTrack, *, queue_id: str, sender: str, now: datetime) -> None:
+        """Add the rows of a new track (message, recipients, any history) to an open transaction."""
+        row = TrackedMessageRow(
+            queue_id=queue_id,
+            header_message_id=track.message_id,
+            correlation=correlation_key(track.message_id),
+            sender=sender,
+            mode=Mode(track.mode).value,
+            sent_at=track.sent_at,
+            deadline=track.deadline,
+            timeout_seconds=track.timeout.total_seconds(),
+            consume_processed=track.consume_processed,
+            complete=track.complete,
+            updated_at=now,
+        )
+        session.add(row)
+        session.flush()
+        session.add_all(
+            TrackedRecipientRow(
+                tracked_id=row.id, address=recipient.address, key=_key(key), state=State(recipient.state).value
+            )
+            for key, recipient in track.recipients.items()
+        )
+        for recipient in track.recipients.values():
+            session.add_all(_event_rows(row.id, recipient.address, recipient.history))
 
     def raw(self, message_id: str) -> bytes:
         """The message's bytes as received, checked against the stored SHA-256.
@@ -768,3 +956,224 @@ class SqlStore(MessageStore, Queue, AuditLog):
                 )
             row.status = status.value
             row.updated_at = now
+
+    # TrackingStore -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _track_query(
+        *, header_message_id: str | None = None, queue_id: str | None = None
+    ) -> Select[TrackedMessageRow]:
+        """The track of a queue id, or the newest (``sent_at``, then ``id``) under a Message-ID's correlation key."""
+        query = select(TrackedMessageRow)
+        if queue_id is not None:
+            return query.where(TrackedMessageRow.queue_id == queue_id)
+        assert header_message_id is not None
+        return (
+            query.where(TrackedMessageRow.correlation == correlation_key(header_message_id))
+            .order_by(TrackedMessageRow.sent_at.desc(), TrackedMessageRow.id.desc())
+            .limit(1)
+        )
+
+    @staticmethod
+    def _load(session: Session, row: TrackedMessageRow) -> _Loaded:
+        """The track of ``row`` with its recipients' states and histories (records in ``id`` order)."""
+        recipient_rows = {
+            r.key: r
+            for r in session.scalars(
+                select(TrackedRecipientRow)
+                .where(TrackedRecipientRow.tracked_id == row.id)
+                .order_by(TrackedRecipientRow.id)
+            )
+        }
+        tracks = {key: RecipientTrack(r.address, State(r.state)) for key, r in recipient_rows.items()}
+        events = session.scalars(
+            select(TrackingEventRow).where(TrackingEventRow.tracked_id == row.id).order_by(TrackingEventRow.id)
+        )
+        for event in events:
+            recipient = tracks.get(_key(event.address))
+            if recipient is not None:  # always: events are written for tracked recipients only
+                recipient.history.append(_record(event))
+        track = MessageTrack(
+            message_id=row.header_message_id,
+            sent_at=row.sent_at,
+            mode=Mode(row.mode),
+            recipients=tracks,
+            timeout=timedelta(seconds=row.timeout_seconds),
+            consume_processed=row.consume_processed,
+        )
+        tracked = TrackedMessage(
+            queue_id=row.queue_id,
+            header_message_id=row.header_message_id,
+            sender=row.sender,
+            track=track,
+            complete=row.complete,
+        )
+        history = {key: list(t.history) for key, t in tracks.items()}
+        return _Loaded(tracked, recipient_rows, history)
+
+    @staticmethod
+    def _persist(session: Session, row: TrackedMessageRow, loaded: _Loaded, now: datetime) -> None:
+        """Write back what ``decide`` changed: states, appended records, ``complete``; release the claim.
+
+        :raises StorageError: ``decide`` added or removed recipients, or rewrote history instead of appending.
+        """
+        track = loaded.tracked.track
+        if set(track.recipients) != set(loaded.rows):
+            raise StorageError(
+                f"tracking of {row.queue_id}: the decision added or removed recipients", queue_id=row.queue_id
+            )
+        for key, recipient_row in loaded.rows.items():
+            recipient = track.recipients[key]
+            before = loaded.history[key]
+            if recipient.history[: len(before)] != before:
+                raise StorageError(
+                    f"tracking of {row.queue_id}: the decision rewrote the history of {recipient_row.address}",
+                    queue_id=row.queue_id,
+                )
+            recipient_row.state = State(recipient.state).value
+            session.add_all(_event_rows(row.id, recipient_row.address, recipient.history[len(before) :]))
+        row.complete = track.complete
+        row.claimed_by = None
+        row.claim_token = None
+        row.lease_until = None
+        row.updated_at = now
+
+    def update_tracking(
+        self,
+        decide: Callable[[TrackedMessage], TrackDecision[_R]],
+        *,
+        now: datetime,
+        node: str = "",
+        header_message_id: str | None = None,
+        queue_id: str | None = None,
+    ) -> _R | None:
+        """Load one track locked, let ``decide`` change it, and persist the change and its messages atomically.
+
+        The track is found by ``queue_id``, or by the correlation key (:func:`~hisp.core.tracking.correlation_key`)
+        of ``header_message_id``, taking the newest such (highest ``sent_at``, then ``id``); it is locked for the
+        transaction (``SELECT ... FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` on SQLite), so concurrent
+        updates of one track are serialised and none is lost. ``decide`` gets a
+        :class:`~hisp.ports.TrackedMessage` whose :class:`~hisp.core.tracking.MessageTrack` holds every
+        recipient's state and full history, and mutates it (``apply``, ``expire``). Then, in the same transaction:
+        each recipient's state, the history records ``decide`` appended, ``complete = track.complete``, the
+        timeout claim released (see :meth:`claim_expired`), ``updated_at = now``, and each message of
+        ``decision.enqueue`` stored and queued as by :meth:`enqueue` (its ``accept`` audit event by ``node``;
+        large bodies spooled first and removed again if the transaction fails).
+
+        ``decide`` runs while the lock is held: it must be quick and must not use this store.
+
+        :param decide: mutates the track; returns the result and the messages to enqueue. It may only change
+            states and append history records (not add or remove recipients).
+        :param now: the current time (``updated_at``, ``received_at`` of the enqueued messages).
+        :param node: this node, for the ``accept`` audit events.
+        :param header_message_id: a Message-ID in any bracket, space or case form (DN-2).
+        :param queue_id: the queue id (32 hex digits) of the tracked message.
+        :returns: ``decision.result``; ``None`` without calling ``decide`` when nothing is tracked under the key.
+        :raises StorageError: neither or both keys, a naive ``now``, a decision that added or removed
+            recipients or rewrote history, a message to enqueue without recipients, or the database failed;
+            nothing was changed.
+        :raises Exception: whatever ``decide`` raised, unchanged; nothing was changed.
+
+        Spec: DN-7..DN-10 (the state machine is in :mod:`hisp.core.tracking`); issue 6.
+        """
+        _aware(now)
+        if (header_message_id is None) == (queue_id is None):
+            raise StorageError("update_tracking needs exactly one of header_message_id and queue_id")
+        query = self._track_query(header_message_id=header_message_id, queue_id=queue_id).with_for_update()
+        failure: Exception | None = None
+        result: _R | None = None
+        spooled: list[str] = []
+        try:
+            with self._tx("update tracking") as session:
+                row = session.scalars(query).first()
+                if row is None:
+                    return None
+                loaded = self._load(session, row)
+                try:
+                    decision = decide(loaded.tracked)
+                except Exception as exc:  # re-raised below, unchanged, once the transaction is rolled back
+                    failure = exc
+                    raise _Rollback from None
+                self._persist(session, row, loaded, now)
+                for item in decision.enqueue:
+                    prepared = self._prepare(
+                        item.envelope, item.raw, now=now, node=node, audit=item.audit, spooled=spooled
+                    )
+                    self._add(session, prepared)
+                result = decision.result
+        except _Rollback:
+            pass
+        except BaseException:
+            self._discard(spooled)
+            raise
+        if failure is not None:
+            raise failure
+        return result
+
+    def claim_expired(self, node: str, now: datetime, lease_seconds: float, limit: int) -> list[str]:
+        """Claim up to ``limit`` incomplete tracks whose deadline has passed, for ``node`` until
+        ``now + lease_seconds``.
+
+        Due means ``complete`` false, ``deadline <= now``, and no live claim: never claimed, released by
+        :meth:`update_tracking`, or ``lease_until <= now`` (its node vanished; the same boundary as
+        :meth:`claim`). Oldest deadline first. Selected with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, inside
+        ``BEGIN IMMEDIATE`` on SQLite, so several nodes never claim the same track at once. The claim ends with
+        :meth:`update_tracking` (which releases it) or by expiring.
+
+        :param node: the claiming node's name (non-empty).
+        :param now: the current time.
+        :param lease_seconds: the lease, ``0 < lease_seconds <= 86400``.
+        :param limit: at most this many tracks, ``>= 1``.
+        :returns: the queue ids of the claimed tracks, possibly none.
+        :raises StorageError: bad arguments, or the database failed (nothing is claimed).
+
+        Spec: DN-9 (the timeout counts from the original send); DESIGN.md section 3 (SKIP LOCKED).
+        """
+        _aware(now)
+        if not node:
+            raise StorageError("claim_expired needs a node name")
+        if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
+            raise StorageError("lease_seconds out of range", lease_seconds=lease_seconds)
+        if limit < 1:
+            raise StorageError("limit must be >= 1", limit=limit)
+        lease_until = now + timedelta(seconds=lease_seconds)
+        query = (
+            select(TrackedMessageRow)
+            .where(
+                TrackedMessageRow.complete == false(),
+                TrackedMessageRow.deadline <= now,
+                or_(TrackedMessageRow.lease_until.is_(None), TrackedMessageRow.lease_until <= now),
+            )
+            .order_by(TrackedMessageRow.deadline, TrackedMessageRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self._tx("claim expired tracks") as session:
+            rows = list(session.scalars(query))
+            for row in rows:
+                row.claimed_by = node
+                row.claim_token = uuid.uuid4().hex
+                row.lease_until = lease_until
+                row.updated_at = now
+            return [row.queue_id for row in rows]
+
+    def tracking(self, key: str) -> TrackedMessage:
+        """One track, for ``hisp track``: by queue id (32 hex digits), else by the correlation key of a
+        Message-ID (with or without angle brackets, any case; the newest such).
+
+        :param key: a queue id or a Message-ID.
+        :returns: the tracked message with every recipient's state and history.
+        :raises StorageError: nothing is tracked under ``key``, or the database failed.
+
+        Spec: issue 6 ("Delivery status is data, not only mail: ``hisp track MESSAGE-ID [--json]``").
+        """
+        key = key.strip()
+        with self._tx("read tracking") as session:
+            row = None
+            if _QUEUE_ID.fullmatch(key):
+                row = session.scalars(self._track_query(queue_id=key.lower())).first()
+            if row is None and correlation_key(key):
+                row = session.scalars(self._track_query(header_message_id=key)).first()
+            if row is None:
+                raise StorageError(f"nothing is tracked under {key}", key=key)
+            return self._load(session, row).tracked

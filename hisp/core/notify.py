@@ -1,0 +1,345 @@
+"""Which notifications a message owes or carries: the Direct notification rules between the pipeline and the
+MDN, DSN and tracking cores.
+
+Pure: no clock, no storage, no mail. The pipeline calls these and enqueues what they return.
+
+* Receiving side: :func:`owed_mdns` (one MDN per recipient to Disposition-Notification-To or From, never for
+  a notification, AS-18/AS-19) and :func:`wants_final_delivery` (DN-1/DN-3/DN-4).
+* Sending side: :func:`read_notice` turns a received MDN or DSN into tracking events keyed by the original's
+  Message-ID (DN-2), :func:`apply_notice` applies them to a track and says whether the notice reaches the
+  edge (DN-8, DN-10), and :func:`timeout_dsn` / :func:`failure_dsn` build the DSNs the sending HISP owes its
+  edge (DN-6, DN-7).
+
+Spec: AS-18, AS-19, AS-22, DN-1..DN-10; RFC 8098; RFC 3464; requirements sections 8.3-8.4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from hisp.core.dsn import NOT_DELIVERABLE, DsnRecipient, build_dsn, parse_dsn
+from hisp.core.mdn import Disposition, build_mdn, is_notification, mdn_recipient, parse_mdn, requests_final_delivery
+from hisp.core.tracking import Action, Event, MessageTrack, Transition, correlation_key, event_for_dsn, event_for_mdn
+
+__all__ = [
+    "NOT_DELIVERABLE",
+    "Notice",
+    "NoticeOutcome",
+    "OwedMdn",
+    "apply_notice",
+    "failure_dsn",
+    "header_block",
+    "header_pairs",
+    "new_message_id",
+    "owed_mdns",
+    "read_notice",
+    "restrict_to_signer",
+    "timeout_dsn",
+    "wants_final_delivery",
+]
+
+#: Header bytes read to decide about a message (its header section; the body is never needed here).
+_HEADER_LIMIT = 256 * 1024
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header section of ``raw`` (through the blank line), at most 256 KiB; all of it when there is no body."""
+    head = raw[:_HEADER_LIMIT]
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = head.find(separator)
+        if end >= 0:
+            return head[: end + len(separator)]
+    return head
+
+
+def header_pairs(raw: bytes) -> tuple[tuple[str, str], ...]:
+    """The ``(name, value)`` header fields of ``raw``, unfolded, in order (compat32: never raises on odd bytes)."""
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(header_block(raw), headersonly=True)
+    return tuple((str(name), " ".join(str(value).split())) for name, value in parsed.items())
+
+
+def new_message_id(domain: str) -> str:
+    """A fresh, globally unique Message-ID ``<32 hex digits@domain>`` (DN-2)."""
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def wants_final_delivery(raw: bytes) -> bool:
+    """Whether ``raw`` asks for final-destination delivery notification and is not itself a notification.
+
+    :param raw: a plain message.
+    :returns: a well-formed ``X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true`` request (case and
+        whitespace ignored) on a message that is not an MDN or DSN; a malformed request is no request (DN-4).
+
+    Spec: DN-1, DN-3, DN-4, AS-19.
+    """
+    return requests_final_delivery(header_pairs(raw)) and not is_notification(raw)
+
+
+@dataclass(frozen=True)
+class OwedMdn:
+    """One MDN a receiving HISP owes: from ``recipient`` to ``to``, ready to seal and send.
+
+    :ivar recipient: our recipient the MDN speaks for (its From and Final-Recipient).
+    :ivar to: where it goes: the original's Disposition-Notification-To, else its From (AS-18).
+    :ivar message_id: the MDN's Message-ID.
+    :ivar raw: the MDN, CRLF line endings.
+    """
+
+    recipient: str
+    to: str
+    message_id: str
+    raw: bytes
+
+
+def owed_mdns(
+    plain: bytes,
+    recipients: Sequence[str],
+    *,
+    disposition: Disposition,
+    reporting_ua: str,
+    at: datetime,
+    failure: str | None = None,
+) -> list[OwedMdn]:
+    """The MDNs owed for a received message, one per recipient; none for a notification (AS-19) or when the
+    message names nobody to answer (no Disposition-Notification-To and no From).
+
+    :param plain: the received plain message (after decryption and unwrapping; a trust header line may lead).
+    :param recipients: our recipients it was accepted for.
+    :param disposition: ``processed`` (AS-18), ``dispatched`` (DN-3) or ``failed`` (DN-5).
+    :param reporting_ua: ``"<our host name>; hisp"``.
+    :param at: the MDNs' Date.
+    :param failure: the reason, for ``failed``.
+    :returns: the MDNs, in recipient order.
+    :raises HispError: ``failure`` missing for ``failed`` or given for another disposition.
+
+    Spec: AS-18, AS-19, DN-3, DN-5; RFC 8098 section 3.
+    """
+    if is_notification(plain):
+        return []
+    headers = header_pairs(plain)
+    to = mdn_recipient(headers)
+    if to is None:
+        return []
+    owed = []
+    for recipient in recipients:
+        domain = recipient.rpartition("@")[2] or "localhost"
+        message_id = new_message_id(domain)
+        raw = build_mdn(
+            headers, recipient=recipient, disposition=disposition, reporting_ua=reporting_ua,
+            message_id=functools.partial(str, message_id), at=at, failure=failure, original_recipient=recipient,
+        )
+        owed.append(OwedMdn(recipient, to, message_id, raw))
+    return owed
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A received MDN or DSN read as tracking events.
+
+    :ivar kind: ``"MDN"`` or ``"DSN"``.
+    :ivar key: the original's Message-ID (Original-Message-ID / X-Original-Message-ID, In-Reply-To as a
+        fallback), or ``""`` when the notice names none (it cannot be matched).
+    :ivar events: ``(recipient address, event, detail)`` for each recipient the notice speaks for.
+    :ivar defects: what the parser tolerated or could not read.
+
+    Spec: DN-2; RFC 8098 section 3.2; RFC 3464 section 2.3.
+    """
+
+    kind: str
+    key: str
+    events: tuple[tuple[str, Event, str], ...]
+    defects: tuple[str, ...] = ()
+
+
+def read_notice(plain: bytes, *, envelope_sender: str = "") -> Notice | None:
+    """Read a received plain message as a notification, or ``None`` when it is not one.
+
+    The MDN's recipient is its Final-Recipient, else its Original-Recipient, else its From (the envelope
+    sender when even that is missing). A DSN gives one event per recipient block. Never raises: what cannot
+    be read is a defect, and a notice without a key is still returned (to be forwarded unmatched).
+
+    :param plain: the decrypted, unwrapped message.
+    :param envelope_sender: the SMTP MAIL FROM it came with, the last fallback for the MDN's recipient.
+    :returns: the notice, or ``None`` for a message that is not an MDN or DSN.
+
+    Spec: DN-2, DN-7; AS-19; conformance.md section 2.9 (tolerant parsing).
+    """
+    if not is_notification(plain):
+        return None
+    headers = header_pairs(plain)
+    mdn = parse_mdn(plain)
+    if "no disposition-notification part" not in mdn.defects:
+        sender = None
+        for name, value in headers:
+            if name.lower() == "from":
+                sender = value
+        who = mdn.final_recipient or mdn.original_recipient or _bare(sender) or envelope_sender
+        key = mdn.original_message_id or mdn.in_reply_to or ""
+        detail = f"MDN {mdn.disposition or 'unknown'} {mdn.message_id or ''} from {who}".replace("  ", " ")
+        if mdn.failure:
+            detail += f": {mdn.failure}"
+        named = ((who, event_for_mdn(mdn), detail),) if who else ()
+        return Notice("MDN", correlation_key(key), named, mdn.defects)
+    dsn = parse_dsn(plain)
+    key = dsn.original_message_id or dsn.in_reply_to or ""
+    events: list[tuple[str, Event, str]] = []
+    for block in dsn.recipients:
+        if not block.address:
+            continue
+        detail = f"DSN {block.action or 'unknown'} {block.status or ''} {dsn.message_id or ''}".replace("  ", " ")
+        if block.diagnostic:
+            detail += f": {block.diagnostic}"
+        events.append((block.address, event_for_dsn(block), detail))
+    return Notice("DSN", correlation_key(key), tuple(events), dsn.defects)
+
+
+def restrict_to_signer(notice: Notice, signer_domain: str) -> Notice:
+    """Keep only the events about recipients of the health domain that signed the notice.
+
+    A notice is verified against its From address (AS-14): a HISP may speak for its own recipients only, so a
+    notice naming a recipient of another domain cannot move that recipient's tracking; such events are dropped
+    and listed as a defect. Domains are compared case-insensitively.
+
+    :param notice: the notice read from the verified message.
+    :param signer_domain: the domain of the address the signer is bound to.
+    :returns: the notice with only the events it may carry.
+
+    Spec: AS-14 (the signer is bound to the From address); DN-2; issue 6 (a notification is evidence only about
+    what its sender handles).
+    """
+    domain = signer_domain.strip().rstrip(".").lower()
+    kept = tuple(e for e in notice.events if e[0].rpartition("@")[2].strip().rstrip(".").lower() == domain)
+    if len(kept) == len(notice.events):
+        return notice
+    others = ", ".join(e[0] for e in notice.events if e not in kept)[:300]
+    defect = f"names recipients outside the signer's domain {domain}, not applied: {others}"
+    return dataclasses.replace(notice, events=kept, defects=(*notice.defects, defect))
+
+
+def _bare(value: str | None) -> str | None:
+    if not value:
+        return None
+    from email.utils import parseaddr
+
+    address = parseaddr(value)[1]
+    return address or None
+
+
+@dataclass(frozen=True)
+class NoticeOutcome:
+    """What applying a notice did.
+
+    :ivar forward: the notice goes on to the edge (at least one recipient's transition says forward, or a
+        recipient is not tracked for the message: unmatched notices are forwarded).
+    :ivar transitions: ``(recipient, event, transition or None when not tracked)`` per event of the notice.
+    """
+
+    forward: bool
+    transitions: tuple[tuple[str, Event, Transition | None], ...]
+
+    def explain(self) -> str:
+        """One line: each recipient's event, new state and action (``dr.b@x: processed -> processed, forward``)."""
+        parts = []
+        for address, event, transition in self.transitions:
+            if transition is None:
+                parts.append(f"{address}: {event.value}, not tracked")
+            else:
+                parts.append(f"{address}: {event.value} -> {transition.state.value}, {transition.action.value}")
+        return "; ".join(parts) or "no recipient named"
+
+
+def apply_notice(track: MessageTrack, notice: Notice, at: datetime) -> NoticeOutcome:
+    """Apply every event of ``notice`` to ``track`` (mutating it) and decide whether the edge sees the notice.
+
+    A notice is forwarded when any of its events is forwarded (:attr:`Action.FORWARD`) or names a recipient
+    the track does not have; it is kept back when every event is consumed, recorded or dropped (DN-8: at most
+    one terminal notice per recipient; DN-10: processed MDNs consumed by configuration).
+
+    :param track: the original message's track.
+    :param notice: the received notice.
+    :param at: when it was received.
+    :returns: the outcome.
+
+    Spec: DN-7, DN-8, DN-10.
+    """
+    transitions: list[tuple[str, Event, Transition | None]] = []
+    for address, event, detail in notice.events:
+        transitions.append((address, event, track.apply(address, event, at, detail=detail)))
+    forward = not transitions or any(t is None or t.action is Action.FORWARD for _, _, t in transitions)
+    return NoticeOutcome(forward, tuple(transitions))
+
+
+def timeout_dsn(
+    original: bytes,
+    expired: Iterable[tuple[str, Transition]],
+    *,
+    sender: str,
+    postmaster: str,
+    reporting_mta: str,
+    at: datetime,
+) -> tuple[str, bytes]:
+    """The one DSN for the recipients that timed out (DN-7: 5.4.71 no processed MDN, 5.4.72 no dispatched MDN).
+
+    :param original: the original message (only its header section is used).
+    :param expired: from :meth:`MessageTrack.expire`: ``(address, transition)`` with the status.
+    :param sender: the original's envelope sender (our edge user), where the DSN goes.
+    :param postmaster: the DSN's From (``postmaster@<our domain>``).
+    :param reporting_mta: our host name.
+    :param at: the DSN's Date.
+    :returns: ``(Message-ID, DSN bytes)``.
+    :raises HispError: nothing expired, or no address to send to.
+
+    Spec: DN-7, DN-9; requirements section 8.4; RFC 3464.
+    """
+    blocks = [DsnRecipient(address, transition.status or "5.4.71") for address, transition in expired]
+    return _dsn(original, blocks, sender=sender, postmaster=postmaster, reporting_mta=reporting_mta, at=at)
+
+
+def failure_dsn(
+    original: bytes,
+    recipient: str,
+    status: str,
+    reason: str,
+    *,
+    sender: str,
+    postmaster: str,
+    reporting_mta: str,
+    at: datetime,
+) -> tuple[str, bytes]:
+    """A DSN for one failed recipient: to our edge sender (no certificate 5.7.31, untrusted 5.7.11, permanent
+    SMTP failure, DN-6) or to a partner (5.5.0, not deliverable to the final destination, DN-5).
+
+    :param original: the original message (only its header section is used).
+    :param recipient: the recipient that failed.
+    :param status: its RFC 3463 status (a 5.x.x: ``Action: failed``).
+    :param reason: the diagnostic, one line.
+    :param sender: where the DSN goes (the original's envelope sender).
+    :param postmaster: the DSN's From: ``postmaster@<our domain>``, or our recipient's address when only it
+        has a certificate to sign with (a DSN to a partner is a Direct message).
+    :param reporting_mta: our host name.
+    :param at: the DSN's Date.
+    :returns: ``(Message-ID, DSN bytes)``.
+    :raises HispError: a malformed status or address.
+
+    Spec: DN-5, DN-6, AS-22; requirements section 8.4; RFC 3464.
+    """
+    block = DsnRecipient(recipient, status, diagnostic=reason[:400] or None)
+    return _dsn(original, [block], sender=sender, postmaster=postmaster, reporting_mta=reporting_mta, at=at)
+
+
+def _dsn(
+    original: bytes, blocks: list[DsnRecipient], *, sender: str, postmaster: str, reporting_mta: str, at: datetime
+) -> tuple[str, bytes]:
+    message_id = new_message_id(postmaster.rpartition("@")[2] or reporting_mta)
+    raw = build_dsn(
+        header_block(original), recipients=blocks, reporting_mta=reporting_mta, sender=postmaster,
+        message_id=lambda: message_id, at=at, to=sender,
+    )
+    return message_id, raw
