@@ -8,14 +8,17 @@ Commands so far:
 * ``hisp message outgoing`` / ``hisp message incoming``: run the security agent on one message.
 * ``hisp trust bundle show`` / ``hisp trust bundle fetch``: inspect, download and verify a trust bundle.
 * ``hisp cert validate``: an explained trust decision on one certificate (exit 0 trusted, 1 not trusted).
+* The gateway and publishing commands of :mod:`hisp.commands` (``dns``, ``ldap``, ``discover``, ``config``,
+  ``serve``, ``demo``, ``user``, ``messages``, ``track``), imported only when used (:class:`LazyGroup`).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -73,7 +76,40 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: The commands that live in :mod:`hisp.commands`, imported only when used: the gateway's modules pull in
+#: SQLAlchemy, Alembic, aiosmtpd and aiosmtplib, which would make every ``hisp`` invocation start slowly.
+LAZY_COMMANDS: Mapping[str, str] = {
+    "dns": "hisp.commands.publish:dns_group",
+    "ldap": "hisp.commands.publish:ldap_group",
+    "discover": "hisp.commands.discover:discover",
+    "config": "hisp.commands.config:config_group",
+    "serve": "hisp.commands.serve:serve",
+    "demo": "hisp.commands.demo:demo",
+    "user": "hisp.commands.users:user_group",
+    "messages": "hisp.commands.messages:messages_group",
+    "track": "hisp.commands.track:track",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands named in :data:`LAZY_COMMANDS` are imported on first use.
+
+    ``hisp --help`` still lists them all (their short help needs the import, which happens then).
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command name, sorted: the ones defined here and the lazy ones."""
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command ``cmd_name``, importing its module the first time; ``None`` when there is no such command."""
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module, _, attribute = LAZY_COMMANDS[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hisp")
 def main() -> None:
     """hisp: a Direct Secure Messaging HISP."""
@@ -707,41 +743,6 @@ def cert_validate(
     for warning in verdict.warnings:
         click.echo(f"hisp: warning: {warning}", err=True)
 
-
-# -- publishing our certificates: hisp dns serve|zone, hisp ldap ldif (CD-11) ------------------------
-
-from hisp.commands.publish import dns_group, ldap_group  # noqa: E402  (kept with its registration)
-
-main.add_command(dns_group)
-main.add_command(ldap_group)
-
-from hisp.commands.discover import discover  # noqa: E402  (kept with its registration)
-
-main.add_command(discover)
-
-from hisp.commands.config import config_group  # noqa: E402  (kept with its registration)
-
-main.add_command(config_group)
-
-from hisp.commands.serve import serve  # noqa: E402  (kept with its registration)
-
-main.add_command(serve)
-
-from hisp.commands.demo import demo  # noqa: E402  (kept with its registration)
-
-main.add_command(demo)
-
-from hisp.commands.users import user_group  # noqa: E402  (kept with its registration)
-
-main.add_command(user_group)
-
-from hisp.commands.messages import messages_group  # noqa: E402  (kept with its registration)
-
-main.add_command(messages_group)
-
-from hisp.commands.track import track  # noqa: E402  (kept with its registration)
-
-main.add_command(track)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
