@@ -191,7 +191,7 @@ def test_cached_verdicts_equal_fresh_validation_while_revocation_data_changes(
     world.serve_ocsp("/ocsp-leaf", "ocsp", "good", timedelta(hours=6))
     world.serve_ocsp("/ocsp-both", "both", "good", timedelta(hours=6))
     # several validations at one validation time and state between changes, so that cached verdicts are used
-    for _ in range(700):
+    for _ in range(350):
         if rng.random() < 0.08:
             world.serve_crl("/inter.crl", rng.choice(["good", "revoked", "down"]), rng.choice(next_updates))
         if rng.random() < 0.08:
@@ -213,7 +213,7 @@ def test_cached_verdicts_equal_fresh_validation_while_revocation_data_changes(
             cached = outcome(world, leaf, mode, fetcher, at)
             assert cached == fresh(world, leaf, mode, fetcher, at), (leaf, mode, at, world.clock)
     # the cache really answered, with every kind of revocation result
-    assert hits.count > 500
+    assert hits.count > 250
     assert hits.statuses >= {"good", "revoked", "unknown", "not checked"}
 
 
