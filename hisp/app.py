@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+from hisp.adapters.bundles import RefreshOutcome, RefreshStatus
 from hisp.adapters.discovery import CertificateDiscovery, DiscoveryCache
 from hisp.adapters.dns import DnsClient
 from hisp.adapters.edge import EdgeDelivery
@@ -51,7 +52,7 @@ from hisp.errors import AddressError, ConfigError, HispError
 from hisp.pipeline import NoticeSettings, Observer, Pipeline
 from hisp.ports import DomainTrust
 
-__all__ = ["ConfigHosting", "Node", "StoreDiscovery", "check_can_start", "utc_now"]
+__all__ = ["ConfigHosting", "Node", "StoreDiscovery", "check_can_start", "log_bundle_outcomes", "utc_now"]
 
 _log = logging.getLogger("hisp.app")
 
@@ -303,18 +304,27 @@ class Node:
         self._tasks.append(asyncio.create_task(self._refresh_bundles()))
 
     async def _refresh_bundles(self) -> None:
+        """Refresh the trust bundles that are due: once at start (a bundle never fetched is due), then every
+        :data:`BUNDLE_CHECK_INTERVAL` seconds; each outcome other than "unchanged" is logged (TB-3)."""
+        first = True
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), BUNDLE_CHECK_INTERVAL)
-            if self._stop.is_set():
-                return
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), BUNDLE_CHECK_INTERVAL)
+                if self._stop.is_set():
+                    return
+            first = False
             stores = self._stores  # the one in force: a reload may have replaced it
             if stores is None or not stores.refreshers:
                 continue
             try:
-                await asyncio.get_running_loop().run_in_executor(self._executor, stores.refresh, self.clock())
+                outcomes = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, stores.refresh, self.clock()
+                )
             except HispError as exc:
                 _log.error("trust bundle refresh: %s", exc.message)
+                continue
+            log_bundle_outcomes(outcomes)
 
     async def reload(self, config: Config) -> list[str]:
         """Apply what can change safely while running: the trust anchors and bundles (files read again, bundles
@@ -336,7 +346,7 @@ class Node:
 
         def build() -> TrustStores:
             stores = TrustStores(config.trust, now=now)
-            stores.refresh(now)  # bundles due now (never fetched, or stale in the cache)
+            log_bundle_outcomes(stores.refresh(now))  # bundles due now (never fetched, or stale in the cache)
             return stores
 
         stores = await asyncio.get_running_loop().run_in_executor(self._executor, build)
@@ -384,6 +394,24 @@ class Node:
         if self.backbone is not None:
             out["backbone"] = self.backbone.port
         return out
+
+
+def log_bundle_outcomes(outcomes: Mapping[str, RefreshOutcome]) -> None:
+    """Log what a bundle refresh did: updated (INFO), kept the last good bundle (WARNING), or failed with no
+    good bundle ever (ERROR: that bundle's anchors are not in force, so its community's messages are refused).
+
+    :param outcomes: from :meth:`hisp.adapters.truststores.TrustStores.refresh`, by bundle name.
+
+    Spec: TB-3 (keep the last good bundle; the operator must see a failing refresh).
+    """
+    for name, outcome in outcomes.items():
+        if outcome.status is RefreshStatus.UPDATED:
+            _log.info("trust bundle %s: updated", name)
+        elif outcome.status is RefreshStatus.KEPT_LAST_GOOD and outcome.bundle is None:
+            _log.error("trust bundle %s: not available (%s); its anchors are not in force", name, outcome.reason)
+        elif outcome.status is RefreshStatus.KEPT_LAST_GOOD:
+            _log.warning("trust bundle %s: refresh failed (%s); the last good bundle stays in force", name,
+                         outcome.reason)
 
 
 def check_can_start(config: Config) -> None:

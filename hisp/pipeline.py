@@ -70,7 +70,7 @@ from hisp.core.notify import (
     wants_final_delivery,
 )
 from hisp.core.smtp_policy import DeliveryOutcome, RecipientResult, check_routing, normalize_mailbox
-from hisp.core.tracking import DEFAULT_TIMEOUT, Action, Event, MessageTrack
+from hisp.core.tracking import DEFAULT_TIMEOUT, Action, Event, MessageTrack, correlation_key
 from hisp.errors import (
     AddressError,
     CertificateNotFound,
@@ -306,7 +306,8 @@ class Pipeline:
         now = self.clock()
         raw, message_id = _with_message_id(raw, mail_from)
         track = None
-        if self.tracking is not None and mail_from and not await self._run(_is_report, raw):
+        trackable = bool(correlation_key(message_id))  # a Message-ID of "<>" correlates nothing
+        if self.tracking is not None and mail_from and trackable and not await self._run(_is_report, raw):
             track = MessageTrack.start(
                 message_id, recipients, at=now, reliable=requests_final_delivery(header_pairs(raw)),
                 timeout=self.notices.timeout, consume_processed=self.notices.consume_processed,

@@ -368,7 +368,7 @@ async def submit(setup: DemoSetup, message: bytes, recipients: tuple[str, ...] =
     return reply
 
 
-async def _run(root: Path, attachment: bytes, filename: str) -> bool:
+async def _run(root: Path, attachment: bytes, filename: str, *, kept: bool = False) -> bool:
     at = datetime.now(UTC)
     show = _Printer()
     show("demo", "workspace", str(root))
@@ -415,14 +415,14 @@ async def _run(root: Path, attachment: bytes, filename: str) -> bool:
              f" {'==' if same else '!='} sent {sent_digest}: {'byte-identical' if same else 'DIFFERENT'}")
         if not same:
             return False
-        return await _show_mdns(show, clinic.directory / "ehr" / "Maildir" / "new", nodes[0])
+        return await _show_mdns(show, clinic.directory / "ehr" / "Maildir" / "new", nodes[0], kept=kept)
     finally:
         for node in nodes:
             await node.stop(grace=5.0)
         await dns.close()
 
 
-async def _show_mdns(show: _Printer, maildir: Path, clinic: Node) -> bool:
+async def _show_mdns(show: _Printer, maildir: Path, clinic: Node, *, kept: bool) -> bool:
     """Wait until the clinic's HISP has the processed and dispatched MDNs for the referral; show what it did with
     each (forwarded to dr.smith's mailbox, or recorded: the edge gets at most one terminal notice, DN-8) and the
     tracking state. True when both came back and the referral is tracked as dispatched."""
@@ -456,8 +456,9 @@ async def _show_mdns(show: _Printer, maildir: Path, clinic: Node) -> bool:
             show("ehr", "MDN", f"dr.smith's mailbox: {mdn.disposition} from {mdn.final_recipient} about "
                  f"{mdn.original_message_id}" + (f" ({FINAL_DELIVERY_FIELD})" if mdn.final_delivery else ""))
     states = ", ".join(f"{r.address} {r.state.value}" for r in tracked.track.recipients.values())
-    show("clinic", "tracking", f"{tracked.header_message_id} ({tracked.track.mode.value}): {states} "
-         f"(`hisp track {sent.id} -c {clinic.config.path}` shows the history; with --keep DIR it stays)")
+    hint = (f"`hisp track {sent.id} -c {clinic.config.path}` shows the history" if kept
+            else "run the demo with --keep DIR, then `hisp track` shows the history")
+    show("clinic", "tracking", f"{tracked.header_message_id} ({tracked.track.mode.value}): {states} ({hint})")
     return all(r.state.value == "dispatched" for r in tracked.track.recipients.values())
 
 
@@ -477,9 +478,11 @@ def demo(keep: str | None, attach: str | None) -> None:
     # aiosmtpd warns about its own use of a deprecated attribute on each AUTH: not ours to fix, not for the demo.
     warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
     root = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="hisp-demo-"))
+    if keep and root.is_dir() and any(root.iterdir()):
+        raise click.BadParameter(f"{root} is not empty: give a new or empty directory", param_hint="--keep")
     root.mkdir(parents=True, exist_ok=True)
     try:
-        ok = asyncio.run(_run(root, attachment, filename))
+        ok = asyncio.run(_run(root, attachment, filename, kept=keep is not None))
     finally:
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)

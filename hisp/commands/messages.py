@@ -289,18 +289,32 @@ def messages_list(
 @_JSON_OPTION
 @fail_cleanly
 def messages_show(config_path: str | None, db: str | None, key: str, as_json: bool) -> None:
-    """Show one message: recipients, delivery attempts, audit events and notifications.
+    """Show one message: recipients, delivery attempts, audit events and, for an outgoing message, its tracking
+    (each recipient's state and the MDNs and DSNs received).
 
     MESSAGE-ID is the queue id or the message's Message-ID header, with or without angle brackets.
     """
     if not key.strip():
         raise click.BadParameter("must not be empty", param_hint="MESSAGE-ID")
+    from hisp.commands.track import track_json, track_lines  # track imports this module's helpers
+
     store = open_for_reading(storage_url(config_path, db))
     try:
         detail = store.show(key)
+        try:
+            tracked = store.tracking(detail.message.id)
+        except StorageError:  # incoming messages and notifications are not tracked
+            tracked = None
     finally:
         store.close()
     if as_json:
-        click.echo(_to_json(detail))
+        data = json.loads(_to_json(detail))
+        data["tracking"] = track_json(tracked) if tracked is not None else None
+        click.echo(json.dumps(data, indent=2))
     else:
-        click.echo("\n".join(_detail_lines(detail)))
+        lines = _detail_lines(detail)
+        if tracked is None:
+            lines.append("tracking: not tracked (an incoming message or a notification)")
+        else:
+            lines += ["tracking (MDNs and DSNs received, DN-7):", *("  " + line for line in track_lines(tracked))]
+        click.echo("\n".join(lines))

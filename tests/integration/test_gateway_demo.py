@@ -43,3 +43,15 @@ def test_demo_delivers_the_referral_intact(tmp_path: Path) -> None:
     delivered = list((tmp_path / "demo" / "hospital" / "ehr" / "Maildir" / "new").iterdir())
     assert len(delivered) == 1
     assert b'filename="Referral_Note.xml"' in delivered[0].read_bytes() and attachment.stat().st_size > 0
+
+
+def test_demo_refuses_to_keep_its_files_in_a_directory_that_is_not_empty(tmp_path: Path) -> None:
+    """``--keep`` into a used directory would rewrite its PKI and add to its databases: refused, exit 2."""
+    from click.testing import CliRunner
+
+    from hisp.cli import main
+
+    (tmp_path / "old.txt").write_text("an earlier run")
+    result = CliRunner().invoke(main, ["demo", "--keep", str(tmp_path)])
+    assert result.exit_code == 2 and "is not empty" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]

@@ -239,3 +239,17 @@ def test_listed_in_help() -> None:
     result = hisp("--help")
     assert result.exit_code == 0
     assert "track" in result.stdout
+
+
+def test_messages_show_includes_the_tracking_of_an_outgoing_message(filled: Filled) -> None:
+    """``hisp messages show`` of a tracked message ends with its tracking; an untracked one says so."""
+    result = hisp("messages", "show", "--db", filled.url, filled.referral)
+    assert result.exit_code == 0, result.output
+    assert "tracking (MDNs and DSNs received, DN-7):" in result.stdout
+    assert f"    {JONES}  dispatched" in result.stdout and f"    {LEE}  timed-out" in result.stdout
+    data = json.loads(hisp("messages", "show", "--db", filled.url, "--json", filled.referral).stdout)
+    assert data["tracking"]["mode"] == "reliable" and data["message"]["id"] == filled.referral
+    untracked = hisp("messages", "show", "--db", filled.url, filled.untracked)
+    assert "tracking: not tracked" in untracked.stdout
+    untracked_json = hisp("messages", "show", "--db", filled.url, "--json", filled.untracked)
+    assert json.loads(untracked_json.stdout)["tracking"] is None
