@@ -81,7 +81,7 @@ Example::
 
     [[user]]                     # an edge user (SMTP AUTH on the submission listener)
     name = "ehr"
-    password_hash = "scrypt$16384$8$1$SALT$HASH"   # made by `hisp user add`
+    password_hash = "scrypt$32768$8$1$...$..."     # paste what `hisp user add` prints (checked when loaded)
     addresses = ["dr.a@direct.clinic.example"]   # it may send From these only
 
     [listeners.submission]       # edge clients: STARTTLS + AUTH required (absent: not run)
@@ -158,6 +158,7 @@ from hisp.adapters.edge import Endpoint, parse_endpoint
 from hisp.addresses import DirectAddress, HealthDomain
 from hisp.core.certs import CertBinding, Certificate, Credential, load_certificates, load_credential
 from hisp.core.policy import PRESETS, Direction, RevocationMode, SecurityPolicy, policy_from_name
+from hisp.core.smtp_policy import parse_password_hash
 from hisp.errors import AddressError, CertificateError, ConfigError
 from hisp.ports import RetrySchedule
 
@@ -979,7 +980,8 @@ class EdgeUserConfig:
     """An edge user: an SMTP AUTH name on the submission listener and the addresses it may send from.
 
     :ivar name: the AUTH name (RFC 4954).
-    :ivar password_hash: the scrypt hash made by ``hisp user add`` (never a password).
+    :ivar password_hash: the scrypt hash made by ``hisp user add`` (never a password); checked when loaded by
+        :func:`hisp.core.smtp_policy.parse_password_hash` (parameters in bounds, 16-byte salt, 32-byte hash).
     :ivar addresses: hosted addresses it may use in MAIL FROM and From.
     """
 
@@ -1188,8 +1190,12 @@ def _users(top: _Reader, domains: Sequence[HostedDomainConfig]) -> tuple[EdgeUse
         if any(u.name == name for u in users):
             raise sub.error("name", f"user {name!r} is defined twice")
         password_hash = sub.get("password_hash", str)
-        if not password_hash.startswith("scrypt$") or password_hash.count("$") != 5:
-            raise sub.error("password_hash", "must be a hash made by `hisp user add` (scrypt$N$r$p$salt$hash)")
+        try:
+            parse_password_hash(password_hash)
+        except ValueError as exc:
+            raise sub.error(
+                "password_hash", f"is not a usable scrypt$N$r$p$salt$hash ({exc}): make one with `hisp user add`"
+            ) from None
         if "password" in sub.table:
             sub.used.add("password")
             raise sub.error("password", "never put a password in the configuration: give password_hash")

@@ -11,8 +11,10 @@ Two kinds (:class:`ListenerKind`):
 
 - **submission** (edge clients, RFC 6409): STARTTLS required before anything but EHLO/NOOP/QUIT (RFC 3207
   section 4), AUTH PLAIN or LOGIN (RFC 4954) required before MAIL, checked by an injected
-  :data:`Authenticator`; wrong credentials get ``535 5.7.8`` after a delay; MAIL FROM and the From header must
-  be among the user's addresses (``550 5.7.1``); RCPT to any valid address.
+  :data:`Authenticator`; wrong credentials get ``535 5.7.8`` after a delay and one WARNING on the ``hisp.smtp``
+  logger per attempt (``AUTH PLAIN failed from HOST:PORT for user 'NAME'``: the peer and the name tried, never
+  the password); MAIL FROM and the From header must be among the user's addresses (``550 5.7.1``); RCPT to any
+  valid address.
 - **backbone** (peer HISPs, RFC 5321): STARTTLS offered, not required; no AUTH; RCPT only for hosted addresses
   (an injected predicate; ``550 5.1.1`` otherwise: no open relay, RFC 5321 section 7.1).
 
@@ -282,9 +284,34 @@ _COMMAND_CALL_CAP = 10_000
 
 @dataclass
 class _Pending:
-    """Credentials parsed by aiosmtpd, to be checked asynchronously (see :meth:`_HispSMTP._finish_auth`)."""
+    """Credentials parsed by aiosmtpd, to be checked asynchronously (see :meth:`_HispSMTP._finish_auth`).
+
+    :ivar credentials: the login and password as sent.
+    :ivar mechanism: the SASL mechanism (``PLAIN`` or ``LOGIN``), for the log.
+    """
 
     credentials: LoginPassword
+    mechanism: str = "?"
+
+
+#: Characters of an AUTH user name shown in the log (a name is never longer in practice; a client's is bounded).
+_LOGIN_LOG_CHARS = 100
+
+
+def _peer_text(peer: Any) -> str:
+    """The client's address for the log: ``host:port`` (``[v6]:port``), or ``unknown``."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return "unknown" if peer is None else str(peer)
+
+
+def _login_text(login: bytes) -> str:
+    """The user name a client tried, for the log: quoted with escapes (``repr``), so that CR, LF or other control
+    characters cannot forge log lines, and truncated; undecodable bytes are shown as ``\\x..`` escapes."""
+    name = login.decode("utf-8", "backslashreplace")
+    shown = repr(name[:_LOGIN_LOG_CHARS])
+    return shown + ("..." if len(name) > _LOGIN_LOG_CHARS else "")
 
 
 class _HispSMTP(SMTP):
@@ -350,7 +377,7 @@ class _HispSMTP(SMTP):
     # -- AUTH -----------------------------------------------------------------------------------------
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         # aiosmtpd calls this synchronously; the real check is asynchronous (scrypt in a thread, then a delay).
-        return AuthResult(success=False, handled=False, auth_data=_Pending(auth_data))
+        return AuthResult(success=False, handled=False, auth_data=_Pending(auth_data, mechanism))
 
     async def _finish_auth(self, result: AuthResult) -> AuthResult:
         pending = result.auth_data
@@ -358,21 +385,26 @@ class _HispSMTP(SMTP):
             return result
         authenticator = self._listener.authenticator
         user: EdgeUser | None = None
-        if authenticator is not None:
+        peer = self.session.peer if self.session else None
+        try:
+            name: str | None = pending.credentials.login.decode("utf-8")
+        except UnicodeDecodeError:
+            name = None
+        if authenticator is not None and name is not None:
             try:
-                name = pending.credentials.login.decode("utf-8")
-            except UnicodeDecodeError:
-                name = None
-            if name is not None:
-                try:
-                    user = await authenticator(name, pending.credentials.password)
-                except HispError as exc:
-                    _log.error("authenticator failed: %s", exc)
-                    return AuthResult(success=False, handled=False, message=str(REPLIES["temporary_failure"]))
+                user = await authenticator(name, pending.credentials.password)
+            except HispError as exc:
+                _log.error("AUTH %s from %s as %s: authenticator failed: %s", pending.mechanism, _peer_text(peer),
+                           _login_text(pending.credentials.login), exc)
+                return AuthResult(success=False, handled=False, message=str(REPLIES["temporary_failure"]))
         if user is None:
+            # One line per failed attempt for the operator (fail2ban and the like): who tried which name, never
+            # the password. The name is shown as repr, truncated, so a client cannot forge log lines with it.
+            _log.warning("AUTH %s failed from %s for user %s", pending.mechanism, _peer_text(peer),
+                         _login_text(pending.credentials.login))
             await asyncio.sleep(self._listener.settings.auth_failure_delay)
             return AuthResult(success=False, handled=False, message=str(REPLIES["auth_failed"]))
-        _log.info("%r authenticated as %s", self.session.peer if self.session else None, user.name)
+        _log.info("%s authenticated as %s", _peer_text(peer), user.name)
         return AuthResult(success=True, handled=False, auth_data=user)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:

@@ -1,4 +1,4 @@
-"""``hisp config check FILE``: validate a configuration file and print what it sets up.
+"""``hisp config check FILE`` (or ``-c/--config FILE``): validate a configuration file and print what it sets up.
 
 Checks everything that can be checked without starting: the TOML, every key and value (the error names the
 file and the key), certificate files and their bindings, private keys and PKCS#12 passphrases (from the
@@ -130,11 +130,24 @@ def config_group() -> None:
 
 
 @config_group.command("check")
-@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.argument("path", metavar="[FILE]", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "-c", "--config", "config_path", metavar="FILE", default=None, type=click.Path(dir_okay=False),
+    help="The configuration file (as for the other commands); or give FILE as the argument.",
+)
 @fail_cleanly
-def config_check(path: str) -> None:
-    """Validate FILE (keys, values, certificates, keys, anchors) and print a summary."""
-    config = load_config(path)
+def config_check(path: str | None, config_path: str | None) -> None:
+    """Validate FILE and print a summary: every setting and value, certificates and their private keys or
+    PKCS#12 passphrases, trust anchor files and TLS files. Nothing is fetched or started.
+
+    Exit status: 0 valid (warnings on stderr), 1 invalid (one line on stderr), 2 usage.
+    """
+    if path is not None and config_path is not None and path != config_path:
+        raise click.UsageError("give the configuration file once: as FILE or with -c/--config")
+    chosen = path if path is not None else config_path
+    if chosen is None:
+        raise click.UsageError("give the configuration file: FILE or -c/--config FILE")
+    config = load_config(chosen)
     check_config(config, os.environ)
     click.echo(summary(config))
     for warning in config_warnings(config):

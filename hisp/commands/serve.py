@@ -91,12 +91,20 @@ _LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
     "Each process runs [queue] workers worker tasks.",
 )
 @click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
+    help="Least severe log records written to stderr; debug also shows each SMTP command and the migrations.",
 )
 @click.option("--supervised", default=None, hidden=True, help="Internal: INDEX:FD of a child of the supervisor.")
 @fail_cleanly
 def serve(config_path: str, workers: int, log_level: str, supervised: str | None) -> None:
-    """Run the listeners and workers of one HISP node until SIGTERM or SIGINT."""
+    """Run the listeners and workers of one HISP node until SIGTERM or SIGINT.
+
+    SIGTERM or SIGINT: stop listening, finish the transactions in flight, exit. SIGHUP: read the configuration
+    again and reload the trust anchors and bundles (the node keeps running; on an error it keeps the old ones).
+
+    Exit status: 0 after a clean stop, 1 a configuration or start-up failure or a failed process (one line on
+    stderr), 2 usage.
+    """
     # Until the event loop's handler replaces this, a SIGHUP (an early ``systemctl reload``) must not end the
     # process; children inherit it across exec, so they are covered until they install theirs too.
     with contextlib.suppress(AttributeError, ValueError):

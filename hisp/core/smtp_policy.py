@@ -11,7 +11,8 @@ ask this module what to answer and what to do next.
 - :func:`check_routing`: the AS-13 envelope/header check applied to a decrypted incoming message.
 - :func:`order_mx`: MX records to the hosts to try, in order (RFC 5321 section 5.1, RFC 7505 null MX).
 - :func:`classify_reply`, :class:`RecipientResult`: what a reply code means for a recipient.
-- :func:`hash_password`, :func:`verify_password`: scrypt hashes for edge users (``hisp user add``).
+- :func:`hash_password`, :func:`verify_password`, :func:`parse_password_hash`: scrypt hashes for edge users
+  (``hisp user add``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import random
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
@@ -43,6 +44,7 @@ __all__ = [
     "REPLIES",
     "DeliveryOutcome",
     "MxHost",
+    "PasswordHash",
     "RecipientResult",
     "Reply",
     "check_routing",
@@ -52,6 +54,7 @@ __all__ = [
     "header_from_addresses",
     "normalize_mailbox",
     "order_mx",
+    "parse_password_hash",
     "parse_reply",
     "sender_allowed",
     "verify_password",
@@ -372,8 +375,8 @@ def hash_password(password: str | bytes, *, salt: bytes | None = None) -> str:
 
     :param password: the password (str is encoded as UTF-8).
     :param salt: 16 random bytes; None draws them from :func:`os.urandom` (give one only in tests).
-    :returns: the hash string, ASCII.
-    :raises ValueError: an empty password.
+    :returns: the hash string, ASCII, which :func:`parse_password_hash` accepts.
+    :raises ValueError: an empty password, or a salt that is not 16 bytes.
 
     Spec: RFC 7914 (scrypt); RFC 4954 section 4 (the server checks the credentials).
     """
@@ -381,11 +384,75 @@ def hash_password(password: str | bytes, *, salt: bytes | None = None) -> str:
     if not secret:
         raise ValueError("an empty password cannot be hashed")
     salt = os.urandom(_SALT_BYTES) if salt is None else salt
+    if len(salt) != _SALT_BYTES:
+        raise ValueError(f"the salt must be {_SALT_BYTES} bytes, not {len(salt)}")
     digest = hashlib.scrypt(
         secret, salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=_SCRYPT_MAXMEM, dklen=_HASH_BYTES
     )
     b64 = base64.b64encode
     return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+@dataclass(frozen=True)
+class PasswordHash:
+    """A parsed ``scrypt$N$r$p$salt$hash`` string (see :func:`parse_password_hash`).
+
+    :ivar n: scrypt CPU/memory cost, a power of two.
+    :ivar r: scrypt block size.
+    :ivar p: scrypt parallelisation.
+    :ivar salt: the salt, as many bytes as :func:`hash_password` draws (16).
+    :ivar digest: the derived key, as many bytes as :func:`hash_password` makes (32).
+
+    Spec: RFC 7914 section 2 (parameters N, r, p, dkLen).
+    """
+
+    n: int
+    r: int
+    p: int
+    salt: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+
+_DECIMAL = re.compile(r"[1-9][0-9]{0,9}")
+
+
+def _b64_exact(text: str, what: str, size: int) -> bytes:
+    """Strict base64 of exactly ``size`` bytes; :raises ValueError: otherwise (naming ``what``)."""
+    try:
+        value = base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError(f"the {what} is not base64") from None
+    if len(value) != size:
+        raise ValueError(f"the {what} decodes to {len(value)} bytes, not {size}")
+    return value
+
+
+def parse_password_hash(stored: str) -> PasswordHash:
+    """Parse and check a password hash as :func:`hash_password` writes it: ``scrypt$N$r$p$salt$hash``.
+
+    N, r and p must be decimal integers within the bounds this module accepts (N a power of two of at least 2,
+    ``1 <= r <= 32``, ``1 <= p <= 16``, at most 64 MiB of memory); the salt must be standard base64 of 16 bytes
+    and the hash standard base64 of 32 bytes, the lengths :func:`hash_password` produces. So a placeholder such
+    as ``scrypt$16384$8$1$SALT$HASH`` is refused here, when the configuration is loaded, instead of making
+    every login fail.
+
+    :param stored: the hash string from the configuration.
+    :returns: the parsed hash.
+    :raises ValueError: it is not such a hash; the message says which part is wrong (never the secret parts).
+
+    Spec: RFC 7914 (scrypt); RFC 4648 section 4 (base64).
+    """
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        raise ValueError("not scrypt$N$r$p$salt$hash")
+    if not all(_DECIMAL.fullmatch(part) for part in parts[1:4]):
+        raise ValueError("the scrypt parameters N, r and p must be decimal integers")
+    n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    if n < 2 or n & (n - 1) or not 1 <= r <= 32 or not 1 <= p <= 16 or 128 * r * n * p > _SCRYPT_MAXMEM:
+        raise ValueError(f"scrypt cost N={n}, r={r}, p={p} is out of bounds")
+    salt = _b64_exact(parts[4], "salt", _SALT_BYTES)
+    digest = _b64_exact(parts[5], "hash", _HASH_BYTES)
+    return PasswordHash(n, r, p, salt, digest)
 
 
 def verify_password(password: str | bytes, stored: str) -> bool:
@@ -394,23 +461,16 @@ def verify_password(password: str | bytes, stored: str) -> bool:
     :param password: the password given (str is encoded as UTF-8).
     :param stored: the hash string from the configuration.
     :returns: True on a match.
-    :raises ConfigError: ``stored`` is not a hash this module makes, or its cost is out of bounds.
+    :raises ConfigError: ``stored`` is not a hash this module makes (see :func:`parse_password_hash`).
 
     Spec: RFC 7914 (scrypt); RFC 4954 section 4.
     """
     secret = password.encode("utf-8") if isinstance(password, str) else password
-    parts = stored.split("$")
     try:
-        if len(parts) != 6 or parts[0] != "scrypt":
-            raise ValueError("not scrypt$N$r$p$salt$hash")
-        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-        salt = base64.b64decode(parts[4], validate=True)
-        expected = base64.b64decode(parts[5], validate=True)
-        if n < 2 or n & (n - 1) or not 1 <= r <= 32 or not 1 <= p <= 16 or 128 * r * n * p > _SCRYPT_MAXMEM:
-            raise ValueError("scrypt cost out of bounds")
-        if not expected:
-            raise ValueError("empty hash")
-    except (ValueError, binascii.Error) as exc:
+        parsed = parse_password_hash(stored)
+    except ValueError as exc:
         raise ConfigError(f"not a password hash made by 'hisp user add': {exc}") from None
-    digest = hashlib.scrypt(secret, salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=len(expected))
-    return hmac.compare_digest(digest, expected)
+    digest = hashlib.scrypt(
+        secret, salt=parsed.salt, n=parsed.n, r=parsed.r, p=parsed.p, maxmem=_SCRYPT_MAXMEM, dklen=len(parsed.digest)
+    )
+    return hmac.compare_digest(digest, parsed.digest)

@@ -26,11 +26,13 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP
+from click.testing import CliRunner
 
 from hisp.adapters.dns_server import DnsServer
 from hisp.adapters.smtp_relay import client_tls_context
 from hisp.adapters.storage import SqlStore
 from hisp.app import Node
+from hisp.cli import main
 from hisp.commands.demo import RECIPIENT, SENDER, attachment_of, prepare, referral, submit
 from hisp.config import load_config
 from hisp.ports import AuditKind, Direction
@@ -313,3 +315,13 @@ def test_workers_2_with_port_0_refused_exit_1(tmp_path: Path) -> None:
         "configure a fixed port, or run one process"
     )
     assert not (setup.hospital.directory / "hisp.sqlite3").exists()  # refused before anything was opened
+
+
+def test_serve_help_explains_log_level_sighup_and_exit_statuses() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "SIGHUP" in text and "reload the trust anchors and bundles" in text
+    assert "Exit status: 0 after a clean stop, 1 " in text and "2 usage" in text
+    log_level = text[text.index("--log-level"):]
+    assert "Least severe log records" in log_level.split("[default: info]")[0]

@@ -9,6 +9,7 @@ callback returned success (a recording fake stands in for the pipeline: it is th
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 import ssl
 from collections.abc import Awaitable, Callable
@@ -178,6 +179,50 @@ def test_swaks_wrong_password_535_after_delay(tls_files: tuple[str, str], users:
     assert "535 5.7.8" in out
     assert elapsed >= 0.8
     assert recorder.calls == []
+
+
+def test_each_failed_auth_logged_once_with_peer_and_name_never_the_password(
+    tls_files: tuple[str, str], users: StaticAuthenticator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator sees every failed login (fail2ban can act on it): peer and name tried, never the password."""
+
+    def plain(name: bytes, password: bytes) -> bytes:
+        return base64.b64encode(b"\0" + name + b"\0" + password)
+
+    async def scenario() -> tuple[list[int], int]:
+        codes: list[int] = []
+        async with SmtpListener(submission(tls_files, auth_failure_delay=0.05), Recorder(),
+                                authenticator=users) as listener:
+            async def connect() -> aiosmtplib.SMTP:
+                client = aiosmtplib.SMTP(hostname="127.0.0.1", port=listener.port, start_tls=False, timeout=5)
+                await client.connect()
+                await client.ehlo()
+                await client.starttls(tls_context=client_tls())
+                await client.ehlo()
+                return client
+
+            client = await connect()  # aiosmtpd allows 3 AUTH commands per session
+            for name, password in ((b"smith", b"wrong password one"), (b"nobody", b"wrong password two"),
+                                   (b"evil\r\nhisp.smtp WARNING forged", b"wrong password three")):
+                codes.append((await client.execute_command(b"AUTH", b"PLAIN", plain(name, password))).code)
+            client.close()
+            client = await connect()
+            ok = await client.execute_command(b"AUTH", b"PLAIN", plain(b"smith", PASSWORD.encode()))
+            client.close()
+            return codes, ok.code
+
+    with caplog.at_level("INFO", logger="hisp.smtp"):
+        codes, ok = run(scenario())
+    assert codes == [535, 535, 535] and ok == 235
+    failed = [r for r in caplog.records if r.name == "hisp.smtp" and r.levelname == "WARNING"]
+    assert len(failed) == 3  # once per attempt, and none for the successful one
+    lines = [r.getMessage() for r in failed]
+    assert all(line.startswith("AUTH PLAIN failed from 127.0.0.1:") for line in lines)
+    assert lines[0].endswith("for user 'smith'") and lines[1].endswith("for user 'nobody'")
+    assert "\n" not in lines[2] and "'evil\\r\\nhisp.smtp WARNING forged'" in lines[2]  # escaped, not forged
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "wrong password" not in logged and PASSWORD not in logged
+    assert any("authenticated as smith" in r.getMessage() for r in caplog.records if r.levelname == "INFO")
 
 
 def test_swaks_spoofed_mail_from_550(tls_files: tuple[str, str], users: StaticAuthenticator) -> None:

@@ -4,6 +4,7 @@ schema is exactly the models', and the Alembic environment ships inside the pack
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,3 +98,38 @@ def test_unusable_urls_raise_config_error(url: str) -> None:
 def test_unreachable_database_raises_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         upgrade(f"sqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}")
+
+
+def _alembic_info(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("alembic") and r.levelno <= logging.INFO]
+
+
+def test_upgrade_of_a_fresh_sqlite_file_says_nothing_at_info(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every node start migrates: Alembic's "Context impl SQLiteImpl." and the like stay out of an INFO log."""
+    caplog.set_level(logging.INFO)
+    url = f"sqlite:///{tmp_path / 'hisp.sqlite3'}"
+    assert upgrade(url) == head_revision()
+    assert upgrade(url) == head_revision()  # and again, on a current database
+    assert _alembic_info(caplog) == []
+    assert logging.getLogger("alembic").level == logging.NOTSET  # put back afterwards
+    engine = open_engine(url)
+    try:
+        assert set(inspect(engine).get_table_names()) == TABLES  # the migrations themselves ran as before
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_at_debug_keeps_alembic_s_info(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``hisp serve --log-level debug``: Alembic says what it runs."""
+    caplog.set_level(logging.DEBUG, logger="hisp")
+    caplog.set_level(logging.INFO)
+    assert upgrade(f"sqlite:///{tmp_path / 'hisp.sqlite3'}") == head_revision()
+    assert any(line.startswith("Running upgrade") for line in _alembic_info(caplog))
+
+
+def test_an_operator_s_alembic_level_is_left_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="alembic")  # the operator's own logging configuration
+    assert upgrade(f"sqlite:///{tmp_path / 'hisp.sqlite3'}") == head_revision()
+    assert any(line.startswith("Running upgrade") for line in _alembic_info(caplog))
+    assert logging.getLogger("alembic").level == logging.INFO

@@ -119,6 +119,15 @@ workers = 8
          r"user\[0\]\.password", "never put a password"),
         (DOMAIN + "[[user]]\nname = 'u'\npassword_hash = 'plain'\naddresses = ['dr.a@direct.clinic.example']",
          r"user\[0\]\.password_hash", "hisp user add"),
+        (DOMAIN + "[[user]]\nname = 'u'\npassword_hash = 'scrypt$16384$8$1$SALT$HASH'\n"
+         "addresses = ['dr.a@direct.clinic.example']",
+         r"user\[0\]\.password_hash", r"salt decodes to 3 bytes, not 16\): make one with `hisp user add`"),
+        (DOMAIN + "[[user]]\nname = 'u'\npassword_hash = '" + HASH.rsplit("$", 1)[0] + "$AAAA'\n"
+         "addresses = ['dr.a@direct.clinic.example']",
+         r"user\[0\]\.password_hash", r"hash decodes to 3 bytes, not 32\): make one with `hisp user add`"),
+        (DOMAIN + "[[user]]\nname = 'u'\npassword_hash = '" + HASH.replace("$32768$", "$1000$") + "'\n"
+         "addresses = ['dr.a@direct.clinic.example']",
+         r"user\[0\]\.password_hash", "out of bounds"),
         (DOMAIN + "[[user]]\nname = 'u'\npassword_hash = '" + HASH + "'\naddresses = ['x@elsewhere.example']",
          r"user\[0\]\.addresses", "not an address of a hosted"),
         ("[[domain]]\nname = 'd.example'\nendpoint = 'ftp://x'", r"domain\[0\]\.endpoint", "smtp, lmtp or maildir"),
@@ -203,3 +212,34 @@ def test_config_check_warns_of_a_spool_with_postgresql(tmp_path: Path, storage: 
         assert "same spool directory" in result.stderr and "leave spool_dir unset" in result.stderr
     else:
         assert result.stderr == ""
+
+
+def test_config_check_refuses_the_placeholder_hash_naming_the_key(tmp_path: Path) -> None:
+    """A new user pasted the README's placeholder: refused when checked, not a 535 at every login later."""
+    path = tmp_path / "hisp.toml"
+    path.write_text(DOMAIN + USER.replace(HASH, "scrypt$16384$8$1$SALT$HASH"))
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"hisp: {path}: user[0].password_hash: ")
+    assert "make one with `hisp user add`" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("how", [["FILE"], ["-c", "FILE"], ["--config", "FILE"], ["FILE", "-c", "FILE"]],
+                         ids=["positional", "-c", "--config", "both-same"])
+def test_config_check_takes_the_file_as_argument_or_with_c(tmp_path: Path, how: list[str]) -> None:
+    path = tmp_path / "hisp.toml"
+    path.write_text(DOMAIN + USER + "[listeners.backbone]\nport = 2525\n")
+    result = CliRunner().invoke(main, ["config", "check", *(str(path) if a == "FILE" else a for a in how)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{path}: valid\n")
+
+
+def test_config_check_usage_errors_and_help(tmp_path: Path) -> None:
+    path, other = tmp_path / "hisp.toml", tmp_path / "other.toml"
+    none = CliRunner().invoke(main, ["config", "check"])
+    assert none.exit_code == 2 and "-c/--config FILE" in none.stderr
+    two = CliRunner().invoke(main, ["config", "check", str(path), "-c", str(other)])
+    assert two.exit_code == 2 and "once" in two.stderr
+    text = CliRunner().invoke(main, ["config", "check", "--help"]).output
+    assert "-c, --config FILE" in text and "[FILE]" in text
+    assert text.count("keys") == 1  # "keys" meant both TOML keys and private keys; now only the latter

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import random
+import re
 
 import pytest
 
@@ -18,6 +20,7 @@ from hisp.core.smtp_policy import (
     header_from_addresses,
     normalize_mailbox,
     order_mx,
+    parse_password_hash,
     parse_reply,
     sender_allowed,
     verify_password,
@@ -135,6 +138,53 @@ def test_verify_password_refuses_malformed_hash(stored: str) -> None:
 def test_hash_password_refuses_empty() -> None:
     with pytest.raises(ValueError):
         hash_password("")
+
+
+@pytest.mark.parametrize("salt", [b"", b"0" * 15, b"0" * 17])
+def test_hash_password_refuses_a_salt_of_another_length(salt: bytes) -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        hash_password("x", salt=salt)
+
+
+def test_parse_password_hash_reads_what_hash_password_writes() -> None:
+    stored = hash_password("s3cret", salt=b"0123456789abcdef")
+    parsed = parse_password_hash(stored)
+    assert (parsed.n, parsed.r, parsed.p, parsed.salt) == (2**15, 8, 1, b"0123456789abcdef")
+    assert len(parsed.digest) == 32 and base64.b64encode(parsed.digest).decode() == stored.rsplit("$", 1)[1]
+    assert "0123456789abcdef" not in repr(parsed)  # salt and digest stay out of logs
+    # another cost in bounds is still a hash this module can check (made with other parameters)
+    assert parse_password_hash(stored.replace("$32768$", "$16384$", 1)).n == 16384
+
+
+_SALT16, _HASH32 = base64.b64encode(b"s" * 16).decode(), base64.b64encode(b"h" * 32).decode()
+
+
+@pytest.mark.parametrize(
+    ("stored", "problem"),
+    [
+        ("scrypt$16384$8$1$SALT$HASH", "salt decodes to 3 bytes, not 16"),  # the README's old placeholder
+        (f"scrypt$16384$8$1${_SALT16}$HASH", "hash decodes to 3 bytes, not 32"),
+        (f"scrypt$16384$8$1${base64.b64encode(b's' * 15).decode()}${_HASH32}", "salt decodes to 15 bytes"),
+        (f"scrypt$16384$8$1${_SALT16}${base64.b64encode(b'h' * 33).decode()}", "hash decodes to 33 bytes"),
+        (f"scrypt$16384$8$1$!!!!${_HASH32}", "salt is not base64"),
+        (f"scrypt$16384$8$1${_SALT16}$", "hash decodes to 0 bytes"),
+        (f"scrypt$16384$8$1${_SALT16}${_HASH32[:-1]}", "hash is not base64"),
+        (f"scrypt$N$8$1${_SALT16}${_HASH32}", "decimal integers"),
+        (f"scrypt$+16384$8$1${_SALT16}${_HASH32}", "decimal integers"),
+        (f"scrypt$016384$8$1${_SALT16}${_HASH32}", "decimal integers"),
+        (f"scrypt$1000$8$1${_SALT16}${_HASH32}", "out of bounds"),  # not a power of two
+        (f"scrypt$16384$64$1${_SALT16}${_HASH32}", "out of bounds"),
+        (f"scrypt$1048576$8$1${_SALT16}${_HASH32}", "out of bounds"),  # 1 GiB of memory
+        (f"bcrypt$16384$8$1${_SALT16}${_HASH32}", "not scrypt"),
+        (f"scrypt$16384$8$1${_SALT16}${_HASH32}$x", "not scrypt"),
+        ("", "not scrypt"),
+    ],
+)
+def test_parse_password_hash_refuses_what_hash_password_never_writes(stored: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        parse_password_hash(stored)
+    with pytest.raises(ConfigError, match="hisp user add"):
+        verify_password("x", stored)
 
 
 ENDPOINTS = [
