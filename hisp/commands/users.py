@@ -7,7 +7,7 @@ block to paste into the configuration::
 
     [[user]]
     name = "dr.smith"
-    password_hash = "scrypt$16384$8$1$...$..."
+    password_hash = "scrypt$32768$8$1$...$..."
     addresses = ["dr.smith@direct.clinic.example"]
 
 The password itself is never printed, logged or stored. The prompts go to stderr, so that
