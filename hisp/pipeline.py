@@ -78,6 +78,7 @@ from hisp.errors import (
     DiscoveryUnavailable,
     HispError,
     PermanentDeliveryError,
+    PolicyViolation,
     StorageError,
     TrustError,
 )
@@ -307,6 +308,8 @@ class Pipeline:
         raw, message_id = _with_message_id(raw, mail_from)
         track = None
         trackable = bool(correlation_key(message_id))  # a Message-ID of "<>" correlates nothing
+        if trackable and self.tracking is not None and await self._run(self._tracked_incomplete, message_id):
+            trackable = False  # a resubmission (the edge lost our 250): its notices complete the first track
         if self.tracking is not None and mail_from and trackable and not await self._run(_is_report, raw):
             track = MessageTrack.start(
                 message_id, recipients, at=now, reliable=requests_final_delivery(header_pairs(raw)),
@@ -326,6 +329,14 @@ class Pipeline:
         )
         self.wake()
         return f"250 2.0.0 Ok: queued as {stored.id}"
+
+    def _tracked_incomplete(self, message_id: str) -> bool:
+        """Whether an outgoing message with this Message-ID is tracked and still waiting for notifications."""
+        assert self.tracking is not None
+        try:
+            return not self.tracking.tracking(message_id).complete
+        except StorageError:
+            return False
 
     async def accept_incoming(self, mail_from: str, recipients: Sequence[str], raw: bytes, *, remote: str = "") -> str:
         """Accept a peer HISP's message: open and check it inline, store the plain message, then ``250``.
@@ -358,9 +369,16 @@ class Pipeline:
         except HispError as exc:
             await self._reject(mail_from, recipients, remote, exc, now)
             raise
-        return "250 2.0.0 Ok: " + await self._accept_opened(
-            result, mail_from, recipients, now=now, reason="accepted from peer HISP", remote=remote
-        )
+        try:
+            done = await self._accept_opened(
+                result, mail_from, recipients, now=now, reason="accepted from peer HISP", remote=remote
+            )
+        except StorageError:
+            raise
+        except HispError as exc:  # refused after opening: a forged notice, a null reverse-path on a letter
+            await self._reject(mail_from, recipients, remote, exc, now)
+            raise
+        return "250 2.0.0 Ok: " + done
 
     async def _accept_opened(
         self, result: IncomingResult, mail_from: str, recipients: Sequence[str], *, now: datetime, reason: str,
@@ -371,6 +389,9 @@ class Pipeline:
 
         :returns: what happened, for the ``250`` reply (``"queued as ..."``, ``"notification recorded"``).
         :raises StorageError: nothing was stored.
+        :raises PolicyViolation: a letter (not an MDN or DSN) with the null reverse-path, which only
+            notifications use (AS-13; RFC 5321 section 4.5.5); or a notice naming only recipients outside the
+            health domain that signed it (AS-14: a HISP speaks for its own recipients).
 
         Spec: AS-18 (processed MDN after successful processing), AS-19 (none for a notification), DN-2, DN-8.
         """
@@ -382,14 +403,24 @@ class Pipeline:
         )
         notice = await self._run(read_notice, result.message, envelope_sender=mail_from)
         if notice is not None:
-            notice = restrict_to_signer(notice, result.sender.domain.name)
-            return await self._accept_notice(notice, envelope, plain, record, now)
+            restricted = restrict_to_signer(notice, result.sender.domain.name)
+            if notice.events and not restricted.events:
+                raise PolicyViolation(
+                    f"the notification from {result.sender} speaks only for recipients outside "
+                    f"{result.sender.domain.name}"
+                )
+            return await self._accept_notice(restricted, envelope, plain, record, now)
+        if not mail_from:
+            raise PolicyViolation("the null reverse-path is for MDNs and DSNs only; this message is neither")
         owed: list[OwedMdn] = []
         if self.notices.send_mdn:
-            owed = await self._run(
-                owed_mdns, result.message, recipients, disposition=Disposition.PROCESSED,
-                reporting_ua=self._reporting_ua, at=now,
-            )
+            try:
+                owed = await self._run(
+                    owed_mdns, result.message, recipients, disposition=Disposition.PROCESSED,
+                    reporting_ua=self._reporting_ua, at=now,
+                )
+            except HispError as exc:  # the message is accepted all the same; the log says why no MDN went
+                _log.error("no processed MDN for a message from %s: %s", mail_from, exc.message)
         also = [self._mdn_outbound(mdn, Disposition.PROCESSED, envelope.message_id) for mdn in owed]
         stored = await self._run(
             self.store.enqueue, envelope, plain, now=now, node=self.node, audit=record, also=also
@@ -694,9 +725,15 @@ class Pipeline:
         except HispError as exc:
             await self._bounce(job, exc.message, exc.smtp_status, raw=original)
             return
-        done = await self._accept_opened(
-            result, job.mail_from, [job.address], now=now, reason="accepted from a hosted sender"
-        )
+        try:
+            done = await self._accept_opened(
+                result, job.mail_from, [job.address], now=now, reason="accepted from a hosted sender"
+            )
+        except StorageError:
+            raise  # the claim comes back when its lease ends
+        except HispError as exc:
+            await self._bounce(job, exc.message, exc.smtp_status, raw=original)
+            return
         await self._run(
             self.queue.complete, job, self.clock(), target="local", reply=f"250 2.0.0 {done} (local)", audit=record,
         )
@@ -728,10 +765,14 @@ class Pipeline:
         """
         now = self.clock()
         plain = _without_trust_header(raw)
-        owed = await self._run(
-            owed_mdns, plain, [address], disposition=disposition, reporting_ua=self._reporting_ua, at=now,
-            failure=failure,
-        )
+        try:
+            owed = await self._run(
+                owed_mdns, plain, [address], disposition=disposition, reporting_ua=self._reporting_ua, at=now,
+                failure=failure,
+            )
+        except HispError as exc:  # the delivery outcome stands; the log says why no MDN went
+            _log.error("no %s MDN from %s: %s", disposition.value, address, exc.message)
+            return
         original_id = _header(plain, "Message-ID")
         for mdn in owed:
             item = self._mdn_outbound(mdn, disposition, original_id)

@@ -46,6 +46,7 @@ import click
 from hisp.commands.common import fail_cleanly
 from hisp.commands.messages import _clean, _time, open_for_reading, storage_url
 from hisp.core.tracking import Mode, RecipientTrack, Record, is_complete
+from hisp.errors import StorageError
 from hisp.ports import TrackedMessage
 
 __all__ = ["track", "track_json", "track_lines"]
@@ -168,6 +169,10 @@ def track(config_path: str | None, db: str | None, key: str, as_json: bool) -> N
     store = open_for_reading(storage_url(config_path, db))
     try:
         tracked = store.tracking(key)
+    except StorageError as exc:  # the key is the user's input, echoed: control characters escaped
+        if exc.message.startswith("nothing is tracked under"):
+            raise StorageError(f"nothing is tracked under {_clean(key[:200])}") from None
+        raise
     finally:
         store.close()
     if as_json:

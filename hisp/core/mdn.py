@@ -13,6 +13,7 @@ AS-18, AS-19, DN-1..DN-5, section 8.3; conformance.md sections 2.8-2.9.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import re
@@ -212,17 +213,23 @@ def _report(
 
 
 def _walk(raw: bytes, defects: list[str]) -> Iterator[Entity]:
-    """Every entity of ``raw`` (multipart parts and message/rfc822 bodies, bounded), top first; never raises."""
+    """Every entity of ``raw`` (multipart parts, bounded), top first; never raises.
+
+    A message/rfc822 body is entered only where it is the message itself: the whole message, or the signed
+    content of a top-level multipart/signed (a wrapped Direct message, AS-12). A message/rfc822 part anywhere
+    else is an attached message, and an MDN or DSN attached to a letter does not make the letter a notification.
+    """
     try:
         top = parse_entity(raw, _LIMITS)
     except Exception as exc:  # MessageFormatError, or anything a hostile input provokes
         defects.append(f"unparsable message: {exc}")
         return
     defects.extend(top.defects)
-    stack: list[tuple[Entity, int]] = [(top, 0)]
+    # (entity, depth, whether it stands for the message itself rather than an attachment)
+    stack: list[tuple[Entity, int, bool]] = [(top, 0, True)]
     seen = 0
     while stack:
-        entity, depth = stack.pop(0)
+        entity, depth, itself = stack.pop(0)
         seen += 1
         if seen > 1000:
             defects.append("too many parts")
@@ -233,9 +240,11 @@ def _walk(raw: bytes, defects: list[str]) -> Iterator[Entity]:
         ctype = entity.content_type
         try:
             if ctype.maintype == "multipart":
-                stack[0:0] = [(part, depth + 1) for part in _split_parts(entity, defects)]
-            elif ctype.mime_type in ("message/rfc822", "message/global"):
-                stack.insert(0, (parse_entity(decode_body(entity), _LIMITS), depth + 1))
+                parts = _split_parts(entity, defects)
+                signed = itself and ctype.mime_type == "multipart/signed"
+                stack[0:0] = [(part, depth + 1, signed and n == 0) for n, part in enumerate(parts)]
+            elif ctype.mime_type in ("message/rfc822", "message/global") and itself:
+                stack.insert(0, (parse_entity(decode_body(entity), _LIMITS), depth + 1, True))
         except Exception as exc:
             defects.append(f"unparsable part: {exc}")
 
@@ -344,7 +353,12 @@ def build_mdn(
     :param failure: the failure text; required for ``failed``, refused otherwise.
     :param original_recipient: the Original-Recipient address, when known.
     :returns: the RFC 5322 message, CRLF line endings.
-    :raises HispError: the original has no Message-ID or no address to answer, or an argument is unusable.
+    An original without a usable Message-ID (none, ``<>``, brackets inside) still gets its MDN, without
+    Original-Message-ID and In-Reply-To (RFC 8098 section 3.2.5: supplied when the original had one); a
+    Message-ID with whitespace inside is written without it (the form :func:`hisp.core.tracking.correlation_key`
+    compares).
+
+    :raises HispError: the original has no address to answer, or an argument is unusable.
 
     Spec: RFC 8098 sections 3.1-3.2; AS-18, AS-19, DN-3, DN-5; requirements section 8.3.
     """
@@ -354,9 +368,9 @@ def build_mdn(
     if (failure is not None) != (kind is Disposition.FAILED):
         raise HispError("a Failure text is required for, and only for, a failed MDN")
     headers = _headers_of(original)
-    original_id = _header(headers, "Message-ID")
-    if not original_id:
-        raise HispError("the original message has no Message-ID to correlate an MDN with (DN-2)")
+    original_id: str | None = None
+    with contextlib.suppress(HispError):
+        original_id = _msg_id("".join((_header(headers, "Message-ID") or "").split()))
     to = mdn_recipient(headers)
     sender = _address(recipient)
     if to is None or sender is None:
@@ -367,13 +381,13 @@ def build_mdn(
         Disposition.DISPATCHED: "has been delivered to its final destination",
         Disposition.FAILED: "could not be delivered to its final destination",
     }[kind]
-    text = f"Your Direct message {_msg_id(original_id)} to {sender} {human}."
+    text = f"Your Direct message {original_id or '(without a Message-ID)'} to {sender} {human}."
     fields = [f"Reporting-UA: {_ascii_field(reporting_ua)}"]
     if original_recipient:
         fields.append(f"Original-Recipient: rfc822; {_address(original_recipient) or _clean(original_recipient)}")
     fields += [
         f"Final-Recipient: rfc822; {sender}",
-        f"Original-Message-ID: {_msg_id(original_id)}",
+        *([f"Original-Message-ID: {original_id}"] if original_id else []),
         f"Disposition: {DISPOSITION_PREFIX};{kind.value}",
     ]
     if failure is not None:
@@ -386,7 +400,7 @@ def build_mdn(
         ("Date", _date(at)),
         ("Subject", subject),
         ("Message-ID", _msg_id(message_id())),
-        ("In-Reply-To", _msg_id(original_id)),
+        *([("In-Reply-To", original_id)] if original_id else []),
     ]
     return _report(
         top=top,

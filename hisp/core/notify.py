@@ -29,6 +29,7 @@ from hisp.core.mdn import Disposition, build_mdn, is_notification, mdn_recipient
 from hisp.core.tracking import Action, Event, MessageTrack, Transition, correlation_key, event_for_dsn, event_for_mdn
 
 __all__ = [
+    "MAX_NOTICE_EVENTS",
     "NOT_DELIVERABLE",
     "Notice",
     "NoticeOutcome",
@@ -44,6 +45,10 @@ __all__ = [
     "timeout_dsn",
     "wants_final_delivery",
 ]
+
+#: Events read from one notice at most (a message has at most a few hundred recipients; a DSN repeating one
+#: recipient thousands of times must not write thousands of history rows).
+MAX_NOTICE_EVENTS = 256
 
 #: Header bytes read to decide about a message (its header section; the body is never needed here).
 _HEADER_LIMIT = 256 * 1024
@@ -148,6 +153,9 @@ class Notice:
         fallback), or ``""`` when the notice names none (it cannot be matched).
     :ivar events: ``(recipient address, event, detail)`` for each recipient the notice speaks for.
     :ivar defects: what the parser tolerated or could not read.
+    :ivar aliases: see the attribute comment.
+
+    At most :data:`MAX_NOTICE_EVENTS` events, each ``(recipient, event)`` once.
 
     Spec: DN-2; RFC 8098 section 3.2; RFC 3464 section 2.3.
     """
@@ -156,6 +164,9 @@ class Notice:
     key: str
     events: tuple[tuple[str, Event, str], ...]
     defects: tuple[str, ...] = ()
+    #: ``(Final-Recipient, Original-Recipient)`` pairs: a peer that rewrote the recipient (an alias, a mailbox)
+    #: still names ours as the Original-Recipient, which is then matched instead.
+    aliases: tuple[tuple[str, str], ...] = ()
 
 
 def read_notice(plain: bytes, *, envelope_sender: str = "") -> Notice | None:
@@ -186,18 +197,31 @@ def read_notice(plain: bytes, *, envelope_sender: str = "") -> Notice | None:
         if mdn.failure:
             detail += f": {mdn.failure}"
         named = ((who, event_for_mdn(mdn), detail),) if who else ()
-        return Notice("MDN", correlation_key(key), named, mdn.defects)
+        renamed = ((who, mdn.original_recipient),) if who and mdn.original_recipient else ()
+        return Notice("MDN", correlation_key(key), named, mdn.defects, renamed)
     dsn = parse_dsn(plain)
     key = dsn.original_message_id or dsn.in_reply_to or ""
     events: list[tuple[str, Event, str]] = []
+    aliases: list[tuple[str, str]] = []
+    seen: set[tuple[str, Event]] = set()
+    defects = list(dsn.defects)
     for block in dsn.recipients:
         if not block.address:
             continue
+        event = event_for_dsn(block)
+        if (block.address.lower(), event) in seen:
+            continue
+        if len(events) >= MAX_NOTICE_EVENTS:
+            defects.append(f"more than {MAX_NOTICE_EVENTS} recipient blocks: the rest ignored")
+            break
+        seen.add((block.address.lower(), event))
         detail = f"DSN {block.action or 'unknown'} {block.status or ''} {dsn.message_id or ''}".replace("  ", " ")
         if block.diagnostic:
             detail += f": {block.diagnostic}"
-        events.append((block.address, event_for_dsn(block), detail))
-    return Notice("DSN", correlation_key(key), tuple(events), dsn.defects)
+        events.append((block.address, event, detail))
+        if block.original_recipient:
+            aliases.append((block.address, block.original_recipient))
+    return Notice("DSN", correlation_key(key), tuple(events), tuple(defects), tuple(aliases))
 
 
 def restrict_to_signer(notice: Notice, signer_domain: str) -> Notice:
@@ -215,12 +239,19 @@ def restrict_to_signer(notice: Notice, signer_domain: str) -> Notice:
     what its sender handles).
     """
     domain = signer_domain.strip().rstrip(".").lower()
-    kept = tuple(e for e in notice.events if e[0].rpartition("@")[2].strip().rstrip(".").lower() == domain)
-    if len(kept) == len(notice.events):
+
+    def ours(address: str) -> bool:
+        return address.rpartition("@")[2].strip().rstrip(".").lower() == domain
+
+    kept = tuple(e for e in notice.events if ours(e[0]))
+    aliases = tuple(pair for pair in notice.aliases if ours(pair[0]) and ours(pair[1]))
+    if len(kept) == len(notice.events) and len(aliases) == len(notice.aliases):
         return notice
     others = ", ".join(e[0] for e in notice.events if e not in kept)[:300]
-    defect = f"names recipients outside the signer's domain {domain}, not applied: {others}"
-    return dataclasses.replace(notice, events=kept, defects=(*notice.defects, defect))
+    defects = notice.defects
+    if others:
+        defects = (*defects, f"names recipients outside the signer's domain {domain}, not applied: {others}")
+    return dataclasses.replace(notice, events=kept, aliases=aliases, defects=defects)
 
 
 def _bare(value: str | None) -> str | None:
@@ -236,8 +267,8 @@ def _bare(value: str | None) -> str | None:
 class NoticeOutcome:
     """What applying a notice did.
 
-    :ivar forward: the notice goes on to the edge (at least one recipient's transition says forward, or a
-        recipient is not tracked for the message: unmatched notices are forwarded).
+    :ivar forward: the notice goes on to the edge (at least one recipient's transition says forward, or no
+        recipient it names is tracked for the message: unmatched notices are forwarded).
     :ivar transitions: ``(recipient, event, transition or None when not tracked)`` per event of the notice.
     """
 
@@ -258,9 +289,10 @@ class NoticeOutcome:
 def apply_notice(track: MessageTrack, notice: Notice, at: datetime) -> NoticeOutcome:
     """Apply every event of ``notice`` to ``track`` (mutating it) and decide whether the edge sees the notice.
 
-    A notice is forwarded when any of its events is forwarded (:attr:`Action.FORWARD`) or names a recipient
-    the track does not have; it is kept back when every event is consumed, recorded or dropped (DN-8: at most
-    one terminal notice per recipient; DN-10: processed MDNs consumed by configuration).
+    A notice is forwarded when any of its events is forwarded (:attr:`Action.FORWARD`), or when none of them
+    names a recipient the track has (unmatched); it is kept back when every matched event is consumed, recorded
+    or dropped (DN-8: at most one terminal notice per recipient; DN-10: processed MDNs consumed by
+    configuration). A recipient the peer rewrote is matched by its Original-Recipient (:attr:`Notice.aliases`).
 
     :param track: the original message's track.
     :param notice: the received notice.
@@ -269,10 +301,16 @@ def apply_notice(track: MessageTrack, notice: Notice, at: datetime) -> NoticeOut
 
     Spec: DN-7, DN-8, DN-10.
     """
+    aliases = {final.strip().lower(): original for final, original in notice.aliases}
     transitions: list[tuple[str, Event, Transition | None]] = []
     for address, event, detail in notice.events:
+        if address.strip().lower() not in track.recipients and address.strip().lower() in aliases:
+            address = aliases[address.strip().lower()]  # the peer rewrote the recipient; ours is the original
         transitions.append((address, event, track.apply(address, event, at, detail=detail)))
-    forward = not transitions or any(t is None or t.action is Action.FORWARD for _, _, t in transitions)
+    matched = [t for _, _, t in transitions if t is not None]
+    # forwarded when some event says so, or when nothing in it matched (unmatched notices go on as they are);
+    # a notice mixing a matched duplicate with a stranger's block is not a second terminal notice (DN-8)
+    forward = not matched or any(t.action is Action.FORWARD for t in matched)
     return NoticeOutcome(forward, tuple(transitions))
 
 

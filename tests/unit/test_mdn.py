@@ -134,15 +134,19 @@ def test_build_refuses_other_dispositions_and_naive_time() -> None:
         build(Disposition.DISPLAYED)
     with pytest.raises(HispError):
         build(at=datetime(2026, 1, 1))
-    with pytest.raises(HispError):
-        build_mdn(
-            b"From: a@b.org\r\n\r\n",
-            recipient="x@y.org",
-            disposition="processed",
-            reporting_ua="y",
-            message_id=lambda: "1@y",
-            at=AT,
-        )
+
+
+def test_build_without_a_usable_original_message_id_still_answers() -> None:
+    """AS-18: the original is answered even without a Message-ID; RFC 8098 section 3.2.5 then omits the field."""
+    for head in (b"From: a@b.org\r\n\r\n", b"From: a@b.org\r\nMessage-ID: <>\r\n\r\n"):
+        raw = build_mdn(head, recipient="x@y.org", disposition="processed", reporting_ua="y",
+                        message_id=lambda: "1@y", at=AT)
+        mdn = parse_mdn(raw)
+        assert mdn.disposition == "processed" and mdn.original_message_id is None
+        assert b"In-Reply-To" not in raw
+    spaced = build_mdn(b"From: a@b.org\r\nMessage-ID: <two words@b.org>\r\n\r\n", recipient="x@y.org",
+                       disposition="processed", reporting_ua="y", message_id=lambda: "1@y", at=AT)
+    assert parse_mdn(spaced).original_message_id == "<twowords@b.org>"
 
 
 def test_build_goes_to_disposition_notification_to() -> None:
