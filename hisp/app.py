@@ -207,6 +207,7 @@ class Node:
         self._stop = asyncio.Event()
         self._stores: TrustStores | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._connections: tuple[SmtpRelay | EdgeDelivery, ...] = ()
         self._executor = ThreadPoolExecutor(max_workers=max(4, 2 * self.workers), thread_name_prefix="hisp-work")
 
     def _build(self) -> tuple[SqlStore, Pipeline, TrustStores]:
@@ -246,6 +247,7 @@ class Node:
             ),
         )
         self._hosting = hosting
+        self._connections = (relay, edge)
         return store, pipeline, stores
 
     async def start(self) -> None:
@@ -381,6 +383,12 @@ class Node:
             for task in pending:  # their claims come back to the queue when the lease ends
                 task.cancel()
             self._tasks.clear()
+        for pool in self._connections:  # idle SMTP connections kept for reuse: QUIT now, not when they time out
+            try:
+                await asyncio.wait_for(pool.close(), 5.0)
+            except Exception:  # a peer that does not answer QUIT must not hold up the stop
+                _log.debug("closing idle SMTP connections failed", exc_info=True)
+        self._connections = ()
         if self.store is not None:
             self.store.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -61,6 +61,7 @@ from hisp.core.notify import (
     OwedMdn,
     apply_notice,
     failure_dsn,
+    header_block,
     header_pairs,
     new_message_id,
     owed_mdns,
@@ -172,7 +173,8 @@ def trust_header(result: IncomingResult) -> bytes:
 
 
 def _headers(raw: bytes) -> list[tuple[str, str]]:
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(raw[: 256 * 1024], headersonly=True)
+    # the header section only: the parser would otherwise read through the body (3 ms for 1 MB, per call)
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(header_block(raw), headersonly=True)
     return [(str(name), str(value)) for name, value in parsed.items()]
 
 

@@ -278,6 +278,10 @@ class EdgeDelivery:
         self.local_hostname = local_hostname
         self.timeout = timeout
 
+    async def close(self) -> None:
+        """QUIT the idle connections to ``smtp://`` endpoints kept for reuse (see :class:`SmtpSession`)."""
+        await self.session.close()
+
     async def deliver(
         self, endpoint: Endpoint | str, mail_from: str, recipients: Sequence[str], raw: bytes
     ) -> tuple[RecipientResult, ...]:

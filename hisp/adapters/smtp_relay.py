@@ -6,7 +6,9 @@ configured smarthost:
 
 - MX lookup with :class:`MxResolver` (a configured DNS server, or the system's); no MX record -> the domain's
   own A/AAAA records (implicit MX); a null MX or a domain that does not exist -> permanent; DNS failures ->
-  transient (RFC 5321 section 5.1, RFC 7505).
+  transient (RFC 5321 section 5.1, RFC 7505). MX, A and AAAA answers (NODATA included) are cached for their TTL
+  (RFC 1035 section 3.2.1; RFC 2308 for NODATA), at most :attr:`MxResolver.max_ttl`; failures and NXDOMAIN are
+  never cached, and the order among equal preferences is drawn again for every message.
 - hosts tried in preference order (random among equal preferences); a host that cannot be reached, times out,
   refuses the session (4xx/5xx greeting, EHLO or MAIL... before any RCPT reply) or lacks required TLS is
   skipped for the next one.
@@ -21,13 +23,16 @@ Spec: RFC 5321 sections 3.3, 4.2, 4.5.3.2 (timeouts) and 5.1; RFC 3207; RFC 7505
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import logging
 import random
 import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import aiosmtplib
 import dns.asyncresolver
@@ -100,19 +105,40 @@ class MxRoute:
 
 
 class MxResolver:
-    """MX and address lookups with dnspython's async resolver.
+    """MX and address lookups with dnspython's async resolver, answers cached for their TTL.
+
+    Every answer (records, or NODATA) is kept until its TTL runs out (dnspython's ``Answer.expiration``: the
+    smallest TTL of the answer's chain, or the SOA negative TTL for NODATA), at most ``max_ttl`` seconds; the
+    least recently used goes first beyond ``cache_size`` names. NXDOMAIN and failures are never cached.
 
     :param server: ``(ip, port)`` of the DNS server to ask; None uses the system's resolvers.
     :param timeout: seconds per DNS query (retries included).
     :param rng: random source for equal MX preferences (seeded in tests).
-    :raises ConfigError: ``server`` is not an IP address or the system configuration cannot be read.
+    :param max_ttl: the longest an answer is kept, in seconds; 0 turns the cache off.
+    :param cache_size: most answers kept.
+    :param clock: monotonic seconds (injected in tests).
+    :raises ConfigError: ``server`` is not an IP address, the system configuration cannot be read, or
+        ``max_ttl`` or ``cache_size`` is negative.
 
-    Spec: RFC 5321 section 5.1; RFC 1035; RFC 3596; RFC 7505.
+    Spec: RFC 5321 section 5.1; RFC 1035 (section 3.2.1: TTL); RFC 2308 (negative caching); RFC 3596; RFC 7505.
     """
 
     def __init__(
-        self, server: tuple[str, int] | None = None, *, timeout: float = 10.0, rng: random.Random | None = None
+        self,
+        server: tuple[str, int] | None = None,
+        *,
+        timeout: float = 10.0,
+        rng: random.Random | None = None,
+        max_ttl: float = 3600.0,
+        cache_size: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_ttl < 0 or cache_size < 0:
+            raise ConfigError("the MX cache's max_ttl and cache_size must not be negative")
+        self.max_ttl = max_ttl
+        self.cache_size = cache_size
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, int], tuple[float, tuple[object, ...]]] = OrderedDict()
         if server is None:
             try:
                 resolver = dns.asyncresolver.Resolver(configure=True)
@@ -134,7 +160,18 @@ class MxResolver:
         self._rng = rng
 
     async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> list[object] | None:
-        """Records of ``name`` (empty for NODATA), or None for NXDOMAIN; failures raise transient."""
+        """Records of ``name`` (empty for NODATA), or None for NXDOMAIN; failures raise transient.
+
+        From the cache while the answer's TTL runs (see the class).
+        """
+        key = (name.lower(), int(rdtype))
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None:
+            if now < cached[0]:
+                self._cache.move_to_end(key)
+                return list(cached[1])
+            del self._cache[key]
         try:
             answer = await self._resolver.resolve(
                 dns.name.from_text(name), rdtype, raise_on_no_answer=False, search=False
@@ -145,7 +182,18 @@ class MxResolver:
             raise TransientDeliveryError(f"DNS {dns.rdatatype.to_text(rdtype)} {name}: {exc}", name=name) from None
         except dns.exception.DNSException as exc:
             raise TransientDeliveryError(f"DNS {dns.rdatatype.to_text(rdtype)} {name}: {exc}", name=name) from None
-        return list(answer.rrset) if answer.rrset is not None else []
+        records = tuple(answer.rrset) if answer.rrset is not None else ()
+        ttl = min(self.max_ttl, answer.expiration - time.time())
+        if ttl > 0 and self.cache_size > 0:
+            self._cache[key] = (self._clock() + ttl, records)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return list(records)
+
+    def clear_cache(self) -> None:
+        """Forget every cached answer."""
+        self._cache.clear()
 
     async def addresses(self, host: str) -> tuple[str, ...]:
         """The IPv4 then IPv6 addresses of ``host`` (an IP literal is returned as is).
@@ -240,17 +288,101 @@ class _SessionFailure(Exception):
         self.code = code
 
 
+@dataclass
+class _Idle:
+    """A connection waiting in the pool: its client, the event loop it belongs to, transactions done so far, and
+    the timer that closes it when nobody took it."""
+
+    client: aiosmtplib.SMTP
+    loop: asyncio.AbstractEventLoop
+    uses: int
+    timer: asyncio.TimerHandle | None = None
+
+
+class _Pool:
+    """Idle SMTP connections by ``(address, port, server name)``; see :class:`SmtpSession` (``reuse_idle``)."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int, str], list[_Idle]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def take(self, key: tuple[str, int, str], loop: asyncio.AbstractEventLoop) -> _Idle | None:
+        """The most recently used live connection to ``key`` of this event loop, taken out of the pool."""
+        entries = self._idle.get(key)
+        while entries:
+            entry = entries.pop()
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if entry.loop is loop and entry.client.is_connected:
+                return entry
+            if entry.loop is loop:
+                entry.client.close()
+        return None
+
+    def put(self, key: tuple[str, int, str], entry: _Idle, idle: float, most: int) -> bool:
+        """Keep ``entry`` for ``idle`` seconds (then QUIT); False when ``most`` already wait for ``key``."""
+        entries = self._idle.setdefault(key, [])
+        if len(entries) >= most:
+            return False
+        entry.timer = entry.loop.call_later(idle, self._expire, key, entry)
+        entries.append(entry)
+        return True
+
+    def _expire(self, key: tuple[str, int, str], entry: _Idle) -> None:
+        entries = self._idle.get(key, [])
+        if entry in entries:
+            entries.remove(entry)
+            task = entry.loop.create_task(_quit(entry.client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """QUIT every idle connection of the running event loop (the others are dropped)."""
+        loop = asyncio.get_running_loop()
+        entries = [entry for pool in self._idle.values() for entry in pool]
+        self._idle.clear()
+        quits = []
+        for entry in entries:
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if entry.loop is loop:
+                quits.append(_quit(entry.client))
+        await asyncio.gather(*quits, *self._closing, return_exceptions=True)
+
+
+async def _quit(client: aiosmtplib.SMTP, timeout: float = 5.0) -> None:
+    """QUIT politely when still connected; close the transport in any case."""
+    try:
+        if client.is_connected:
+            await client.quit(timeout=timeout)
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError):
+        pass
+    finally:
+        client.close()
+
+
 @dataclass(frozen=True)
 class SmtpSession:
     """How to talk to one SMTP server (shared by the relay and edge delivery).
+
+    Connections are reused (RFC 5321 section 3.3: several transactions in one session): after a transaction
+    that ended cleanly (the reply to DATA received, or RSET answered), the connection waits ``reuse_idle``
+    seconds for the next message to the same address, port and server name, then is closed with QUIT. A
+    connection is never reused after an error, after ``reuse_limit`` transactions, nor from another event loop;
+    at most ``max_idle`` wait per server. When a reused connection fails before any recipient was answered (the
+    server closed it, timed out, or refused MAIL), the message goes on a fresh connection at once: nothing was
+    accepted on the old one, so nothing is sent twice. ``reuse_idle = 0`` opens one connection per message.
 
     :ivar local_hostname: our EHLO name.
     :ivar require_tls: never send in clear: a server that does not offer STARTTLS is refused.
     :ivar use_tls: use STARTTLS when the server offers it.
     :ivar tls_context: the client TLS context (see :func:`client_tls_context`).
     :ivar timeout: seconds for the connection and for each command's reply (the DATA reply included).
+    :ivar reuse_idle: seconds an idle connection is kept for the next message (0: never reused).
+    :ivar reuse_limit: transactions per connection at most.
+    :ivar max_idle: idle connections kept per server at most.
 
-    Spec: RFC 5321 section 4.5.3.2; RFC 3207.
+    Spec: RFC 5321 sections 3.3, 4.1.1.5 (RSET), 4.5.3.2; RFC 3207.
     """
 
     local_hostname: str = "localhost"
@@ -258,12 +390,22 @@ class SmtpSession:
     use_tls: bool = True
     tls_context: ssl.SSLContext | None = None
     timeout: float = 60.0
+    reuse_idle: float = 10.0
+    reuse_limit: int = 100
+    max_idle: int = 8
+    _pool: _Pool = field(default_factory=_Pool, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
             raise ConfigError("SMTP client timeout must be positive")
         if self.require_tls and not self.use_tls:
             raise ConfigError("require_tls needs use_tls")
+        if self.reuse_idle < 0 or self.reuse_limit < 1 or self.max_idle < 0:
+            raise ConfigError("SMTP connection reuse: reuse_idle and max_idle >= 0, reuse_limit >= 1")
+
+    async def close(self) -> None:
+        """QUIT the idle connections (e.g. at shutdown); later messages open new ones."""
+        await self._pool.close()
 
     async def send(
         self,
@@ -276,6 +418,8 @@ class SmtpSession:
     ) -> tuple[RecipientResult, ...]:
         """One SMTP transaction: per-recipient results; a session-level failure raises ``_SessionFailure``.
 
+        On an idle connection to the same server when there is one (see the class), else on a new one.
+
         :param address: IP address (or host) to connect to.
         :param port: the port.
         :param server_name: the host's name (TLS SNI, reports).
@@ -286,48 +430,90 @@ class SmtpSession:
         :raises _SessionFailure: nothing was answered per recipient (connect, greeting, EHLO, TLS, MAIL).
         """
         label = f"{server_name}[{address}]:{port}"
+        key = (address, port, server_name)
+        loop = asyncio.get_running_loop()
+        if self.reuse_idle > 0:
+            entry = self._pool.take(key, loop)
+            if entry is not None:
+                try:
+                    await self._mail(entry.client, label, mail_from, raw)
+                except _SessionFailure as failure:
+                    _log.debug("%s: reused connection failed at MAIL (%s); opening a new one", label, failure.reason)
+                    await _quit(entry.client, min(self.timeout, 5.0))
+                else:
+                    return await self._transaction(entry, key, label, recipients, raw)
         client = aiosmtplib.SMTP(
             hostname=address, port=port, local_hostname=self.local_hostname, timeout=self.timeout,
             start_tls=False, use_tls=False,
         )
         try:
-            try:
-                await client.connect()
-            except aiosmtplib.SMTPConnectResponseError as exc:
-                raise _SessionFailure(f"{label}: greeting {exc.code} {exc.message}", exc.code) from None
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                raise _SessionFailure(f"{label}: cannot connect: {exc}") from None
-            try:
+            await self._open(client, label, server_name)
+            await self._mail(client, label, mail_from, raw)
+        except BaseException:
+            await _quit(client, min(self.timeout, 5.0))
+            raise
+        return await self._transaction(_Idle(client, loop, 0), key, label, recipients, raw)
+
+    async def _open(self, client: aiosmtplib.SMTP, label: str, server_name: str) -> None:
+        """Connect, EHLO, STARTTLS when offered (required with ``require_tls``), EHLO again."""
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            raise _SessionFailure(f"{label}: greeting {exc.code} {exc.message}", exc.code) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _SessionFailure(f"{label}: cannot connect: {exc}") from None
+        try:
+            await client.ehlo()
+            if self.use_tls and client.supports_extension("starttls"):
+                context = self.tls_context or client_tls_context()
+                await client.starttls(server_hostname=server_name, tls_context=context)
                 await client.ehlo()
-                if self.use_tls and client.supports_extension("starttls"):
-                    context = self.tls_context or client_tls_context()
-                    await client.starttls(server_hostname=server_name, tls_context=context)
-                    await client.ehlo()
-                elif self.require_tls:
-                    raise _SessionFailure(f"{label}: TLS is required but the server does not offer STARTTLS")
-                options = []
-                if client.supports_extension("size"):
-                    options.append(f"SIZE={len(raw)}")
-                if client.supports_extension("8bitmime") and not raw.isascii():
-                    options.append("BODY=8BITMIME")
-                await client.mail(mail_from, options=options)
-            except aiosmtplib.SMTPResponseException as exc:
-                raise _SessionFailure(f"{label}: {exc.code} {exc.message}", exc.code) from None
-            except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-                raise _SessionFailure(f"{label}: {type(exc).__name__}: {exc}") from None
-            return await self._recipients_and_data(client, label, recipients, raw)
+            elif self.require_tls:
+                raise _SessionFailure(f"{label}: TLS is required but the server does not offer STARTTLS")
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _SessionFailure(f"{label}: {exc.code} {exc.message}", exc.code) from None
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            raise _SessionFailure(f"{label}: {type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    async def _mail(client: aiosmtplib.SMTP, label: str, mail_from: str, raw: bytes) -> None:
+        """MAIL FROM with SIZE and BODY=8BITMIME as the server supports them."""
+        options = []
+        if client.supports_extension("size"):
+            options.append(f"SIZE={len(raw)}")
+        if client.supports_extension("8bitmime") and not raw.isascii():
+            options.append("BODY=8BITMIME")
+        try:
+            await client.mail(mail_from, options=options)
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _SessionFailure(f"{label}: {exc.code} {exc.message}", exc.code) from None
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            raise _SessionFailure(f"{label}: {type(exc).__name__}: {exc}") from None
+
+    async def _transaction(
+        self, entry: _Idle, key: tuple[str, int, str], label: str, recipients: Sequence[str], raw: bytes
+    ) -> tuple[RecipientResult, ...]:
+        """RCPT and DATA after a successful MAIL; then the connection goes back to the pool or is closed."""
+        client = entry.client
+        kept = False
+        try:
+            results, clean = await self._recipients_and_data(client, label, recipients, raw)
+            entry.uses += 1
+            if clean and self.reuse_idle > 0 and entry.uses < self.reuse_limit and client.is_connected:
+                kept = self._pool.put(key, entry, self.reuse_idle, self.max_idle)
+            return results
         finally:
-            if client.is_connected:
-                try:
-                    await client.quit(timeout=min(self.timeout, 5.0))
-                except (aiosmtplib.SMTPException, OSError):
-                    client.close()
+            if not kept:
+                await _quit(client, min(self.timeout, 5.0))
 
     async def _recipients_and_data(
         self, client: aiosmtplib.SMTP, label: str, recipients: Sequence[str], raw: bytes
-    ) -> tuple[RecipientResult, ...]:
+    ) -> tuple[tuple[RecipientResult, ...], bool]:
+        """RCPT for each recipient, DATA when one was accepted (else RSET): the per-recipient results, and
+        whether the session ended clean (the transaction answered or reset), so that it may be reused."""
         results: dict[str, RecipientResult] = {}
         accepted: list[str] = []
+        clean = False
         try:
             for rcpt in recipients:
                 try:
@@ -344,14 +530,19 @@ class SmtpSession:
                     reply = f"{response.code} {response.message}"
                     for rcpt in accepted:
                         results[rcpt] = RecipientResult(rcpt, None, reply, label)
+                    clean = True
                 except aiosmtplib.SMTPResponseException as exc:
                     for rcpt in accepted:
                         results[rcpt] = RecipientResult(
                             rcpt, _error(exc.code, exc.message, recipient=rcpt, host=label),
                             f"{exc.code} {exc.message}", label,
                         )
+                    # Refused at DATA or after the data: reset whatever transaction state the server kept.
+                    await client.rset()
+                    clean = True
             else:
                 await client.rset()
+                clean = True
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             # Lost or timed out mid-transaction: whatever has no final answer is transient (RFC 5321 section 6.1:
             # a lost DATA reply may mean a duplicate later, never a loss).
@@ -359,7 +550,8 @@ class SmtpSession:
             for rcpt in recipients:
                 if rcpt not in results:
                     results[rcpt] = RecipientResult(rcpt, TransientDeliveryError(text, recipient=rcpt), text, label)
-        return tuple(results[r] for r in recipients)
+            clean = False
+        return tuple(results[r] for r in recipients), clean
 
 
 class SmtpRelay:
@@ -390,6 +582,10 @@ class SmtpRelay:
         self.port = port
         self.session = session or SmtpSession()
         self.max_hosts = max_hosts
+
+    async def close(self) -> None:
+        """QUIT the idle connections kept for reuse (see :class:`SmtpSession`), e.g. when the node stops."""
+        await self.session.close()
 
     async def _routes(self, domain: str) -> tuple[MxRoute, ...]:
         if self.smarthost is not None:

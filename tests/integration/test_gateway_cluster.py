@@ -41,6 +41,8 @@ from hisp.testing.pki import seal
 from hisp.testing.process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+#: These nodes run without the clinic's HISP: processed MDNs to it would only be retried (and slow the stop).
+NO_MDN = "send_mdn = false\n"
 QUEUE = "retry_initial = 0.5\nretry_maximum = 1\nlifetime = 120\nlease = 2\nworkers = 2\npoll_interval = 0.2\n"
 postgres = pytest.mark.skipif(postgres_url() is None, reason="HISP_TEST_POSTGRES_URL is not set")
 pytestmark = pytest.mark.filterwarnings("ignore:Session.login_data is deprecated")
@@ -128,7 +130,7 @@ def document(index: int, size: int) -> bytes:
 
 @postgres
 def test_two_nodes_share_the_queue_and_spool_each_message_delivered_once(tmp_path: Path) -> None:
-    setup = prepare(tmp_path, datetime.now(UTC), queue=QUEUE)
+    setup = prepare(tmp_path, datetime.now(UTC), queue=QUEUE, notifications=NO_MDN)
     spool = tmp_path / "shared-spool"
     maildir = setup.hospital.directory / "ehr" / "Maildir" / "new"
     # every third message is larger than the 64 KiB kept in the database: its body goes to the shared spool
@@ -207,7 +209,10 @@ class SlowEhr:
 @postgres
 def test_node_killed_with_claims_the_other_reclaims_them_each_message_delivered_once(tmp_path: Path) -> None:
     ehr_port = free_port()
-    setup = prepare(tmp_path, datetime.now(UTC), hospital_endpoint=f"smtp://127.0.0.1:{ehr_port}", queue=QUEUE)
+    setup = prepare(
+        tmp_path, datetime.now(UTC), hospital_endpoint=f"smtp://127.0.0.1:{ehr_port}", queue=QUEUE,
+        notifications=NO_MDN,
+    )
     sent = [document(i, 1_000) for i in range(8)]
     ehr = SlowEhr(stall="a.mx.direct.hospital.example", delay=0.2)
     with scratch_database("postgresql", tmp_path) as url:
@@ -270,7 +275,7 @@ def test_node_killed_with_claims_the_other_reclaims_them_each_message_delivered_
 
 
 def test_sighup_reloads_trust_keeps_serving_and_survives_a_broken_config(tmp_path: Path) -> None:
-    setup = prepare(tmp_path, datetime.now(UTC), queue=QUEUE)
+    setup = prepare(tmp_path, datetime.now(UTC), queue=QUEUE, notifications=NO_MDN)
     config = setup.hospital.config
     full = config.read_text()
     clinic_anchor = f'[[trust.anchor]]\nfile = "{setup.anchors["clinic-ca"]}"\ndomains = ["direct.hospital.example"]\n'

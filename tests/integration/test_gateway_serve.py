@@ -72,7 +72,11 @@ class _Ehr:
 @pytest.mark.filterwarnings("ignore:Session.login_data is deprecated")
 def test_kill_9_between_250_and_delivery_then_delivered_exactly_once(tmp_path: Path) -> None:
     ehr_port = free_port()
-    setup = prepare(tmp_path, datetime.now(UTC), hospital_endpoint=f"smtp://127.0.0.1:{ehr_port}", queue=QUEUE)
+    # the clinic's HISP is not running: no processed MDNs to it (they would only be retried, slowing the stop)
+    setup = prepare(
+        tmp_path, datetime.now(UTC), hospital_endpoint=f"smtp://127.0.0.1:{ehr_port}", queue=QUEUE,
+        notifications="send_mdn = false\n",
+    )
     at = datetime.now(UTC)
     sealed = seal(
         referral(b"<ClinicalDocument/>\n", "note.xml", at), [setup.issued["smith"].credential],

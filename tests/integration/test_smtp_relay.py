@@ -176,6 +176,83 @@ def test_relay_tls_required_and_offered(tls_context: ssl.SSLContext) -> None:
     assert run(scenario()).messages[0][3] is True
 
 
+# -- relay: connection reuse -------------------------------------------------------------------------------
+
+
+class MailRefusingSink(Sink):
+    """A Sink whose MAIL answers 421 as many times as ``refusals`` says (a server closing an idle session)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 0
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          options: list[str]) -> str:
+        if self.refusals:
+            self.refusals -= 1
+            return "421 4.4.2 idle too long, closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+
+def test_relay_reuses_the_connection_and_recovers_when_the_server_dropped_it(tls_context: ssl.SSLContext) -> None:
+    # Consecutive messages to one server share one STARTTLS session; a reused session refused at MAIL, or closed
+    # by the server meanwhile, costs nothing: the message goes on a fresh connection at once; an idle session is
+    # QUIT after reuse_idle; reuse_idle = 0 opens one connection per message.
+    async def scenario() -> dict[str, Any]:
+        sink = MailRefusingSink()
+        protocols: list[SMTP] = []
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            protocol = SMTP(sink, hostname="sink.test", tls_context=tls_context, decode_data=False)
+            protocols.append(protocol)
+            return protocol
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        seen: dict[str, Any] = {}
+        try:
+            relay = SmtpRelay(
+                smarthost=("127.0.0.1", port_of(server)), session=SmtpSession(timeout=5, reuse_idle=0.5)
+            )
+            first = await relay.relay(SENDER, [RCPT], RAW)
+            second = await relay.relay(SENDER, [RCPT], RAW)
+            seen["two messages"] = (first.delivered, second.delivered, len(protocols))
+            sink.refusals = 1
+            refused_then_fresh = await relay.relay(SENDER, [RCPT], RAW)
+            seen["421 at MAIL"] = (refused_then_fresh.delivered, len(protocols))
+            for protocol in protocols:  # the server drops every session
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            await asyncio.sleep(0.1)
+            dropped_then_fresh = await relay.relay(SENDER, [RCPT], RAW)
+            seen["dropped"] = (dropped_then_fresh.delivered, len(protocols))
+            await asyncio.sleep(1.0)  # past reuse_idle: QUIT
+            seen["quit after idle"] = [p.transport is None or p.transport.is_closing() for p in protocols]
+            await relay.relay(SENDER, [RCPT], RAW)
+            seen["after idle"] = len(protocols)
+            single = SmtpRelay(smarthost=("127.0.0.1", port_of(server)), session=SmtpSession(timeout=5, reuse_idle=0))
+            before = len(protocols)
+            await single.relay(SENDER, [RCPT], RAW)
+            await single.relay(SENDER, [RCPT], RAW)
+            seen["no reuse"] = len(protocols) - before
+            await relay.close()
+        finally:
+            server.close()
+        seen["messages"] = len(sink.messages)
+        return seen
+
+    seen = run(scenario())
+    assert seen["two messages"] == ((RCPT,), (RCPT,), 1)
+    assert seen["421 at MAIL"] == ((RCPT,), 2)
+    assert seen["dropped"] == ((RCPT,), 3)
+    assert all(seen["quit after idle"])
+    assert seen["after idle"] == 4
+    assert seen["no reuse"] == 2
+    assert seen["messages"] == 7  # each message delivered once
+
+
 # -- relay: reply classes ---------------------------------------------------------------------------------
 
 
@@ -295,6 +372,72 @@ def test_relay_mx_order_fallback_implicit_and_null_mx() -> None:
     assert isinstance(nomail.error, PermanentDeliveryError) and "null MX" in nomail.reply
     assert isinstance(nxdomain.error, PermanentDeliveryError)
     assert len(sink.messages) == 3
+
+
+def test_relay_caches_mx_and_address_answers_for_their_ttl() -> None:
+    # The records' TTL is 60 s. Within it the relay asks DNS nothing and keeps using the cached host even though
+    # the zone moved on; past it, it asks again and follows the zone. max_ttl caps the TTL; 0 turns caching off.
+    before = [
+        ("direct.hospital.example.", "MX", "10 mx-a.direct.hospital.example."),
+        ("mx-a.direct.hospital.example.", "A", "127.0.0.1"),
+    ]
+    after = [
+        ("direct.hospital.example.", "MX", "10 mx-b.direct.hospital.example."),
+        ("mx-b.direct.hospital.example.", "A", "127.0.0.1"),
+    ]
+
+    with run_responder(zones(before)) as dns:
+
+        def asked() -> int:
+            return sum(dns.server.counts.values())
+
+        async def scenario() -> dict[str, Any]:
+            sink = Sink()
+            server = await start_sink(sink)
+            now = [1000.0]
+            seen: dict[str, Any] = {}
+            try:
+                resolver = MxResolver(("127.0.0.1", dns.port), timeout=3, clock=lambda: now[0])
+                relay = SmtpRelay(resolver=resolver, port=port_of(server), session=SmtpSession(timeout=5))
+                start = asked()
+                seen["first"] = await relay.relay(SENDER, [RCPT], RAW)
+                seen["first_queries"] = asked() - start  # MX, then A and AAAA of mx-a
+                dns.set_zones(zones(after))
+                await asyncio.sleep(0.2)  # the responder's thread takes the new zones
+                now[0] += 59.0
+                start = asked()
+                seen["cached"] = await relay.relay(SENDER, [RCPT], RAW)
+                seen["cached_queries"] = asked() - start
+                now[0] += 2.0  # 61 s after the answers: their TTL has run out
+                start = asked()
+                seen["fresh"] = await relay.relay(SENDER, [RCPT], RAW)
+                seen["fresh_queries"] = asked() - start
+                capped = MxResolver(("127.0.0.1", dns.port), timeout=3, clock=lambda: now[0], max_ttl=10)
+                await capped.routes("direct.hospital.example", 25)
+                now[0] += 11.0
+                start = asked()
+                await capped.routes("direct.hospital.example", 25)
+                seen["capped_queries"] = asked() - start
+                uncached = MxResolver(("127.0.0.1", dns.port), timeout=3, max_ttl=0)
+                await uncached.routes("direct.hospital.example", 25)
+                start = asked()
+                await uncached.routes("direct.hospital.example", 25)
+                seen["uncached_queries"] = asked() - start
+            finally:
+                server.close()
+            return seen
+
+        seen = run(scenario())
+
+    assert seen["first"].results[0].host.startswith("mx-a.direct.hospital.example[")
+    assert seen["first_queries"] == 3
+    assert seen["cached"].delivered == (RCPT,)
+    assert seen["cached"].results[0].host.startswith("mx-a.direct.hospital.example[")  # stale within its TTL
+    assert seen["cached_queries"] == 0
+    assert seen["fresh"].results[0].host.startswith("mx-b.direct.hospital.example[")
+    assert seen["fresh_queries"] >= 2  # MX and A again (the AAAA NODATA of mx-b is new too)
+    assert seen["capped_queries"] >= 2  # max_ttl 10 s: asked again after 11 s although the TTL is 60 s
+    assert seen["uncached_queries"] == 3
 
 
 def test_relay_dns_unreachable_is_transient() -> None:

@@ -123,6 +123,37 @@ def test_claim_complete_leaves_the_queue_delivered(store: SqlStore) -> None:
         store.complete(jobs[0], later, target="x", reply="again")  # a job ends once
 
 
+def test_claim_reads_small_bodies_for_the_next_raw(store: SqlStore, tmp_path: Path) -> None:
+    # The worker reads the body right after claiming: a body kept in the database comes with the claim, so that
+    # raw() needs no transaction of its own; it is still checked, handed out once, and a spooled body is read
+    # from its file as before.
+    from sqlalchemy import event
+
+    small = _enqueue(store, size=200)
+    large = _enqueue(store, size=4000)  # over inline_max (1024): in the spool
+    jobs = store.claim("n1", T0, 60, 10)
+    assert {j.message_id for j in jobs} == {small, large}
+    begins: list[object] = []
+
+    def count(_connection: object) -> None:
+        begins.append(_connection)
+
+    event.listen(store.engine, "begin", count)
+    try:
+        assert store.raw(small) == _message(200)
+        assert begins == []  # from the claim
+        assert store.raw(small) == _message(200)  # once handed out, read again from the database
+        assert len(begins) == 1
+        assert store.raw(large) == _message(4000)  # spooled: from its file, via its row
+        assert len(begins) == 2
+    finally:
+        event.remove(store.engine, "begin", count)
+    (path,) = (tmp_path / "spool").rglob("*.eml")
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    with pytest.raises(StorageError, match="SHA-256"):
+        store.raw(large)
+
+
 def test_retry_later_then_bounce_with_dsn(store: SqlStore) -> None:
     message_id = _enqueue(store)
     (job,) = store.claim("n1", T0, 60, 10)

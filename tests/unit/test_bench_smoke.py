@@ -59,7 +59,8 @@ def test_quick_discovery_benchmark_runs_and_prints_its_figures() -> None:
 
 
 def test_quick_gateway_benchmark_runs_and_prints_its_table() -> None:
-    # Two HISP nodes on loopback, a handful of messages each size; no timing is asserted.
+    # Two HISP nodes on loopback, a handful of messages each size, each answered by its processed MDN; no timing
+    # is asserted.
     result = subprocess.run(
         [sys.executable, str(GATEWAY_BENCH), "--quick"],
         capture_output=True,
@@ -69,10 +70,15 @@ def test_quick_gateway_benchmark_runs_and_prints_its_table() -> None:
     )
     out = result.stdout.decode(errors="replace")
     assert result.returncode == 0, out + result.stderr.decode(errors="replace")[-2000:]
-    header = r"^size\s+plain\s+msgs\s+ok\s+msg/s\s+p50 ms\s+p99 ms\b.*CPU s/msg\s+floor\s+ratio"
+    header = (
+        r"^size\s+plain\s+msgs\s+ok\s+mdn\s+msg/s\s+p50 ms\s+p99 ms\s+EHR p50\s+EHR p99\b.*"
+        r"CPU s/msg\s+floor\s+ratio"
+    )
     assert re.search(header, out, re.M), out
     for size in ("10k", "1m"):
-        # every message delivered intact: msgs == ok
-        assert re.search(rf"^\s*{size}\s+[\d.]+ [kM]B\s+(\d+)\s+\1\s+[\d.]+\s+[\d.]+\s+[\d.]+\s", out, re.M), out
-    assert re.search(r"^RSA floor: .* = [\d,.]+ msg/s$", out, re.M), out
+        # every message delivered intact and its MDN back: msgs == ok == mdn; then msg/s, p50, p99
+        row = rf"^\s*{size}\s+[\d.]+ [kM]B\s+(\d+)\s+\1\s+\1\s+[\d.]+\s+[\d.]+\s+[\d.]+\s"
+        assert re.search(row, out, re.M), out
+    # 4 private RSA operations per message: sign and decrypt the message, sign and decrypt its MDN
+    assert re.search(r"^RSA floor: .* / 4 private ops per message .* = [\d,.]+ msg/s$", out, re.M), out
     assert re.search(r"^\s+(PASS|MISS)\s+10k at >= 0\.5 of the RSA floor", out, re.M), out

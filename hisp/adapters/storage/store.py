@@ -32,6 +32,11 @@ ending work it no longer owns. A claim whose lease expired but that nobody recla
 ``BEGIN IMMEDIATE``), and :meth:`SqlStore.update_tracking` locks the one track it changes (``FOR UPDATE``), so
 concurrent notifications about one message are applied one after the other, none lost.
 
+Cost: the per-message operations (enqueue, claim, raw, renew, complete, retry_later, bounce, append,
+update_tracking, tracking) run prebuilt SQLAlchemy Core statements on a connection; the ORM serves the rest
+(listings, ``show``). A claim reads the bodies it may (database-kept, at most :data:`PREFETCH_MAX`) in its own
+transaction and hands each to the next :meth:`SqlStore.raw` of that message, still checked against its SHA-256.
+
 Every queue state change goes through :func:`hisp.adapters.storage.states.check_transition`; tracking states
 change only as the caller's ``decide`` (the tables of :mod:`hisp.core.tracking`) changes them. No method reads a
 clock: every time is a ``now`` argument (aware datetime).
@@ -44,15 +49,31 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Select, and_, exists, false, or_, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    false,
+    insert,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,13 +81,12 @@ from hisp.adapters.storage.engine import open_engine
 from hisp.adapters.storage.migrate import upgrade
 from hisp.adapters.storage.models import (
     AuditEventRow,
+    Base,
     DeliveryAttemptRow,
     MessageRow,
     NotificationRow,
     RecipientRow,
     TrackedMessageRow,
-    TrackedRecipientRow,
-    TrackingEventRow,
 )
 from hisp.adapters.storage.spool import Spool
 from hisp.adapters.storage.states import check_transition
@@ -104,12 +124,156 @@ DEFAULT_INLINE_MAX = 64 * 1024
 #: Longest lease a claim may ask for, in seconds: a dead node's work must come back within a day.
 MAX_LEASE_SECONDS = 86_400.0
 
+#: Bodies kept in the database up to this size are read by :meth:`SqlStore.claim` in its own transaction and
+#: handed to the next :meth:`SqlStore.raw` of that message (the worker reads the body right after claiming it):
+#: one transaction less per job. At most :data:`PREFETCH_ENTRIES` bodies wait.
+PREFETCH_MAX = 256 * 1024
+PREFETCH_ENTRIES = 64
+
 _NO_RECORD = AuditRecord()
 
 #: A queue id as :meth:`SqlStore.enqueue` makes them (``uuid4().hex``).
 _QUEUE_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 _R = TypeVar("_R")
+
+# -- the hot paths' statements, built once (SQLAlchemy Core: no ORM unit of work, no per-call construction) -----
+# enqueue, claim, raw, renew, complete, retry_later, bounce and append run once or more per message and node; the
+# ORM's flush and identity map cost several times the statements themselves. The rest of the store uses the ORM.
+
+_MESSAGES: Table = Base.metadata.tables["messages"]
+_RECIPIENTS: Table = Base.metadata.tables["recipients"]
+_ATTEMPTS: Table = Base.metadata.tables["delivery_attempts"]
+_NOTIFICATIONS: Table = Base.metadata.tables["notifications"]
+_AUDIT: Table = Base.metadata.tables["audit_events"]
+_TRACKED: Table = Base.metadata.tables["tracked_messages"]
+_TRACKED_RECIPIENTS: Table = Base.metadata.tables["tracked_recipients"]
+_TRACKING_EVENTS: Table = Base.metadata.tables["tracking_events"]
+
+_R_ = _RECIPIENTS.c
+_M_ = _MESSAGES.c
+
+_INSERT_MESSAGE = insert(_MESSAGES)
+_INSERT_RECIPIENT = insert(_RECIPIENTS)
+_INSERT_ATTEMPTS = insert(_ATTEMPTS)
+_INSERT_NOTIFICATION = insert(_NOTIFICATIONS)
+_INSERT_AUDIT = insert(_AUDIT)
+_INSERT_TRACKED = insert(_TRACKED)
+_INSERT_TRACKED_RECIPIENTS = insert(_TRACKED_RECIPIENTS)
+_INSERT_TRACKING_EVENTS = insert(_TRACKING_EVENTS)
+
+#: The body of one message.
+_BODY = select(_M_.content, _M_.spool_path, _M_.sha256).where(_M_.id == bindparam("message_id"))
+
+#: Due recipients, oldest due first: queued and due, or in flight with an expired lease (see SqlStore.claim).
+_DUE = (
+    select(
+        _R_.id, _R_.message_id, _R_.address, _R_.state, _R_.attempts, _R_.claimed_by, _R_.lease_until,
+        _M_.direction, _M_.mail_from, _M_.received_at, _M_.sha256,
+        case((_M_.size <= bindparam("prefetch_max"), _M_.content), else_=null()).label("content"),
+    )
+    .join(_MESSAGES, _M_.id == _R_.message_id)
+    .where(
+        or_(
+            and_(_R_.state == RecipientState.QUEUED.value, _R_.next_attempt_at <= bindparam("now")),
+            and_(_R_.state == RecipientState.IN_FLIGHT.value, _R_.lease_until <= bindparam("now")),
+        )
+    )
+    .order_by(_R_.next_attempt_at, _R_.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True, of=_RECIPIENTS)
+)
+
+#: One claimed recipient, locked (FOR UPDATE OF recipients on PostgreSQL), with its message's Message-ID.
+_HELD = (
+    select(_R_.state, _R_.claim_token, _R_.claimed_by, _M_.header_message_id)
+    .join(_MESSAGES, _M_.id == _R_.message_id)
+    .where(_R_.id == bindparam("recipient_id"))
+    .with_for_update(of=_RECIPIENTS)
+)
+
+#: A claim taken: state, attempts, claim and lease of one recipient (executemany).
+_TAKE = (
+    update(_RECIPIENTS)
+    .where(_R_.id == bindparam("b_id"))
+    .values(
+        state=bindparam("b_state"),
+        attempts=bindparam("b_attempts"),
+        claimed_by=bindparam("b_claimed_by"),
+        claim_token=bindparam("b_claim_token"),
+        lease_until=bindparam("b_lease_until"),
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+
+#: A lease renewed.
+_RENEW = (
+    update(_RECIPIENTS)
+    .where(_R_.id == bindparam("b_id"))
+    .values(state=bindparam("b_state"), lease_until=bindparam("b_lease_until"), updated_at=bindparam("b_updated_at"))
+)
+
+#: A claim ended (complete, retry later, bounce): the new state, the claim released.
+_END = (
+    update(_RECIPIENTS)
+    .where(_R_.id == bindparam("b_id"))
+    .values(
+        state=bindparam("b_state"),
+        claimed_by=None,
+        claim_token=None,
+        lease_until=None,
+        next_attempt_at=bindparam("b_next_attempt_at"),
+        last_reply=bindparam("b_last_reply"),
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+
+
+_T_ = _TRACKED.c
+
+#: A track by queue id; the newest track under a correlation key (``sent_at``, then ``id``).
+_TRACK_BY_QUEUE_ID = select(_TRACKED).where(_T_.queue_id == bindparam("queue_id"))
+_TRACK_BY_KEY = (
+    select(_TRACKED)
+    .where(_T_.correlation == bindparam("correlation"))
+    .order_by(_T_.sent_at.desc(), _T_.id.desc())
+    .limit(1)
+)
+_TRACK_RECIPIENTS = (
+    select(_TRACKED_RECIPIENTS)
+    .where(_TRACKED_RECIPIENTS.c.tracked_id == bindparam("tracked_id"))
+    .order_by(_TRACKED_RECIPIENTS.c.id)
+)
+_TRACK_EVENTS = (
+    select(_TRACKING_EVENTS)
+    .where(_TRACKING_EVENTS.c.tracked_id == bindparam("tracked_id"))
+    .order_by(_TRACKING_EVENTS.c.id)
+)
+_TRACK_RECIPIENT_STATE = (
+    update(_TRACKED_RECIPIENTS)
+    .where(_TRACKED_RECIPIENTS.c.id == bindparam("b_id"))
+    .values(state=bindparam("b_state"))
+)
+#: A tracking decision persisted: ``complete``, the timeout claim released.
+_TRACK_SETTLE = (
+    update(_TRACKED)
+    .where(_T_.id == bindparam("b_id"))
+    .values(
+        complete=bindparam("b_complete"),
+        claimed_by=None,
+        claim_token=None,
+        lease_until=None,
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A claimed recipient as :meth:`SqlStore._held` read it (locked)."""
+
+    state: RecipientState
+    header_message_id: str | None
 
 
 def _aware(now: datetime, name: str = "now") -> datetime:
@@ -187,38 +351,41 @@ def _audit_row(
     record: AuditRecord,
     mail_from: str | None = None,
     recipients: Sequence[str] = (),
-) -> AuditEventRow:
-    return AuditEventRow(
-        at=now,
-        kind=kind.value,
-        node=node,
-        message_id=message_id,
-        header_message_id=header_message_id,
-        mail_from=record.mail_from if record.mail_from is not None else mail_from,
-        recipients=list(record.recipients or recipients),
-        fingerprints=list(record.fingerprints),
-        verdict=record.verdict,
-        reason=record.reason,
-        remote=record.remote,
-    )
+) -> dict[str, Any]:
+    """The column values of one ``audit_events`` row (without ``seq``)."""
+    return {
+        "at": now,
+        "kind": kind.value,
+        "node": node,
+        "message_id": message_id,
+        "header_message_id": header_message_id,
+        "mail_from": record.mail_from if record.mail_from is not None else mail_from,
+        "recipients": list(record.recipients or recipients),
+        "fingerprints": list(record.fingerprints),
+        "verdict": record.verdict,
+        "reason": record.reason,
+        "remote": record.remote,
+    }
 
 
 @dataclass(frozen=True)
 class _Prepared:
-    """The rows of one message about to be enqueued (its body already in the spool if large)."""
+    """The rows of one message about to be enqueued (its body already in the spool if large), as column values."""
 
-    message: MessageRow
-    recipients: list[RecipientRow]
-    accept: AuditEventRow
+    message: dict[str, Any]
+    recipients: list[dict[str, Any]]
+    accept: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class _Loaded:
-    """A track as loaded for :meth:`SqlStore.update_tracking`: what ``decide`` gets, the recipient rows to write
-    back (by key) and each recipient's history as loaded (to find the records ``decide`` appended)."""
+    """A track as loaded for :meth:`SqlStore.update_tracking`: what ``decide`` gets, its row id, the recipients'
+    row ids and addresses (by key) and each recipient's history as loaded (to find the records ``decide``
+    appended)."""
 
     tracked: TrackedMessage
-    rows: dict[str, TrackedRecipientRow]
+    tracked_id: int
+    rows: dict[str, tuple[int, str]]
     history: dict[str, list[Record]]
 
 
@@ -245,24 +412,25 @@ def _check_track(track: MessageTrack) -> None:
         raise StorageError("the notification timeout must be positive", timeout=str(track.timeout))
 
 
-def _event_rows(tracked_id: int, address: str, records: Sequence[Record]) -> list[TrackingEventRow]:
+def _event_values(tracked_id: int, address: str, records: Sequence[Record]) -> list[dict[str, Any]]:
+    """The column values of the ``tracking_events`` rows of ``records``."""
     return [
-        TrackingEventRow(
-            tracked_id=tracked_id,
-            address=address,
-            at=_aware(record.at, "record.at"),
-            event=Event(record.event).value,
-            before=State(record.before).value,
-            after=State(record.after).value,
-            action=Action(record.action).value,
-            status=record.status,
-            detail=record.detail,
-        )
+        {
+            "tracked_id": tracked_id,
+            "address": address,
+            "at": _aware(record.at, "record.at"),
+            "event": Event(record.event).value,
+            "before": State(record.before).value,
+            "after": State(record.after).value,
+            "action": Action(record.action).value,
+            "status": record.status,
+            "detail": record.detail,
+        }
         for record in records
     ]
 
 
-def _record(row: TrackingEventRow) -> Record:
+def _record(row: Any) -> Record:
     return Record(
         at=row.at,
         event=Event(row.event),
@@ -272,13 +440,6 @@ def _record(row: TrackingEventRow) -> Record:
         status=row.status,
         detail=row.detail,
     )
-
-
-def _move(row: RecipientRow, new: RecipientState, now: datetime) -> None:
-    """The one place where a recipient's state is written (after :func:`check_transition`)."""
-    check_transition(RecipientState(row.state), new)
-    row.state = new.value
-    row.updated_at = now
 
 
 class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
@@ -302,6 +463,8 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         self.spool = Spool(spool_dir) if spool_dir is not None else None
         self.inline_max = inline_max
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._prefetched: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._prefetch_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -336,6 +499,19 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         try:
             with self._sessions() as session, session.begin():
                 yield session
+        except HispError:
+            raise
+        except (SQLAlchemyError, ValueError) as exc:
+            raise StorageError(f"{what} failed: {exc.__class__.__name__}: {exc}") from exc
+
+    @contextmanager
+    def _core(self, what: str) -> Iterator[Connection]:
+        """A connection in a transaction (Core, no ORM session), committed on success; database failures become
+        StorageError. The same transaction as :meth:`_tx` (``BEGIN IMMEDIATE`` on SQLite), at a fraction of the
+        cost: the hot paths use it."""
+        try:
+            with self.engine.begin() as connection:
+                yield connection
         except HispError:
             raise
         except (SQLAlchemyError, ValueError) as exc:
@@ -388,15 +564,42 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
                 self._prepare(item.envelope, item.raw, now=now, node=node, audit=item.audit, spooled=spooled)
                 for item in also
             ]
-            with self._tx("enqueue") as session:
-                for prepared in (main, *others):
-                    self._add(session, prepared)
+            with self._core("enqueue") as connection:
+                ids = self._add(connection, main)
+                for prepared in others:
+                    self._add(connection, prepared)
                 if track is not None:
-                    self._add_track(session, track, queue_id=main.message.id, sender=envelope.mail_from, now=now)
+                    self._add_track(
+                        connection, track, queue_id=main.message["id"], sender=envelope.mail_from, now=now
+                    )
         except BaseException:
             self._discard(spooled)
             raise
-        return _stored(main.message, main.recipients)
+        message = main.message
+        return StoredMessage(
+            id=message["id"],
+            direction=envelope.direction,
+            mail_from=message["mail_from"],
+            header_message_id=message["header_message_id"],
+            size=message["size"],
+            sha256=message["sha256"],
+            received_at=now,
+            spooled=message["spool_path"] is not None,
+            recipients=tuple(
+                RecipientStatus(
+                    id=recipient_id,
+                    address=values["address"],
+                    state=RecipientState.QUEUED,
+                    attempts=0,
+                    next_attempt_at=now,
+                    claimed_by=None,
+                    lease_until=None,
+                    last_reply="",
+                    updated_at=now,
+                )
+                for recipient_id, values in sorted(zip(ids, main.recipients, strict=True), key=lambda p: p[0])
+            ),
+        )
 
     def _prepare(
         self,
@@ -422,28 +625,31 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         if self.spool is not None and len(raw) > self.inline_max:
             spool_path = self.spool.write(message_id, raw)
             spooled.append(spool_path)
-        message = MessageRow(
-            id=message_id,
-            direction=envelope.direction.value,
-            mail_from=envelope.mail_from,
-            header_message_id=envelope.message_id,
-            size=len(raw),
-            sha256=digest,
-            received_at=now,
-            node=node,
-            spool_path=spool_path,
-            content=None if spool_path is not None else bytes(raw),
-        )
+        message = {
+            "id": message_id,
+            "direction": envelope.direction.value,
+            "mail_from": envelope.mail_from,
+            "header_message_id": envelope.message_id,
+            "size": len(raw),
+            "sha256": digest,
+            "received_at": now,
+            "node": node,
+            "spool_path": spool_path,
+            "content": None if spool_path is not None else bytes(raw),
+        }
         recipients = [
-            RecipientRow(
-                message_id=message_id,
-                address=address,
-                state=RecipientState.QUEUED.value,
-                attempts=0,
-                next_attempt_at=now,
-                last_reply="",
-                updated_at=now,
-            )
+            {
+                "message_id": message_id,
+                "address": address,
+                "state": RecipientState.QUEUED.value,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "claimed_by": None,
+                "claim_token": None,
+                "lease_until": None,
+                "last_reply": "",
+                "updated_at": now,
+            }
             for address in addresses
         ]
         accept = _audit_row(
@@ -459,12 +665,19 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         return _Prepared(message, recipients, accept)
 
     @staticmethod
-    def _add(session: Session, prepared: _Prepared) -> None:
-        """Add one prepared message, its recipients and its ``accept`` event to an open transaction."""
-        session.add(prepared.message)
-        session.flush()
-        session.add_all(prepared.recipients)
-        session.add(prepared.accept)
+    def _add(connection: Connection, prepared: _Prepared) -> list[int]:
+        """Insert one prepared message, its recipients and its ``accept`` event in an open transaction.
+
+        :returns: the recipients' ids, in the order of ``prepared.recipients``.
+        """
+        connection.execute(_INSERT_MESSAGE, prepared.message)
+        ids = []
+        for recipient in prepared.recipients:  # one by one: each id is needed (usually there is one)
+            key = connection.execute(_INSERT_RECIPIENT, recipient).inserted_primary_key
+            assert key is not None
+            ids.append(int(key[0]))
+        connection.execute(_INSERT_AUDIT, prepared.accept)
+        return ids
 
     def _discard(self, spooled: Sequence[str]) -> None:
         """Remove spool files whose rows were never committed."""
@@ -473,31 +686,45 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
                 self.spool.discard(path)
 
     @staticmethod
-    def _add_track(session: Session, track: MessageTrack, *, queue_id: str, sender: str, now: datetime) -> None:
-        """Add the rows of a new track (message, recipients, any history) to an open transaction."""
-        row = TrackedMessageRow(
-            queue_id=queue_id,
-            header_message_id=track.message_id,
-            correlation=correlation_key(track.message_id),
-            sender=sender,
-            mode=Mode(track.mode).value,
-            sent_at=track.sent_at,
-            deadline=track.deadline,
-            timeout_seconds=track.timeout.total_seconds(),
-            consume_processed=track.consume_processed,
-            complete=track.complete,
-            updated_at=now,
+    def _add_track(
+        connection: Connection, track: MessageTrack, *, queue_id: str, sender: str, now: datetime
+    ) -> None:
+        """Insert the rows of a new track (message, recipients, any history) in an open transaction."""
+        key = connection.execute(
+            _INSERT_TRACKED,
+            {
+                "queue_id": queue_id,
+                "header_message_id": track.message_id,
+                "correlation": correlation_key(track.message_id),
+                "sender": sender,
+                "mode": Mode(track.mode).value,
+                "sent_at": track.sent_at,
+                "deadline": track.deadline,
+                "timeout_seconds": track.timeout.total_seconds(),
+                "consume_processed": track.consume_processed,
+                "complete": track.complete,
+                "claimed_by": None,
+                "claim_token": None,
+                "lease_until": None,
+                "updated_at": now,
+            },
+        ).inserted_primary_key
+        assert key is not None
+        tracked_id = int(key[0])
+        connection.execute(
+            _INSERT_TRACKED_RECIPIENTS,
+            [
+                {"tracked_id": tracked_id, "address": r.address, "key": _key(k), "state": State(r.state).value}
+                for k, r in track.recipients.items()
+            ],
         )
-        session.add(row)
-        session.flush()
-        session.add_all(
-            TrackedRecipientRow(
-                tracked_id=row.id, address=recipient.address, key=_key(key), state=State(recipient.state).value
-            )
-            for key, recipient in track.recipients.items()
-        )
-        for recipient in track.recipients.values():
-            session.add_all(_event_rows(row.id, recipient.address, recipient.history))
+        events = [
+            values
+            for recipient in track.recipients.values()
+            for values in _event_values(tracked_id, recipient.address, recipient.history)
+        ]
+        if events:
+            connection.execute(_INSERT_TRACKING_EVENTS, events)
 
     def raw(self, message_id: str) -> bytes:
         """The message's bytes as received, checked against the stored SHA-256.
@@ -507,11 +734,17 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         :raises StorageError: unknown message, no spool directory configured for a spooled body, unreadable
             spool file, or a digest mismatch.
         """
-        with self._tx("read message") as session:
-            row = session.get(MessageRow, message_id)
-            if row is None:
-                raise StorageError(f"no message {message_id}", message_id=message_id)
-            content, spool_path, digest = row.content, row.spool_path, row.sha256
+        with self._prefetch_lock:
+            prefetched = self._prefetched.pop(message_id, None)
+        if prefetched is not None:  # read by the claim (see PREFETCH_MAX); checked like any body
+            content, digest = prefetched
+            spool_path = None
+        else:
+            with self._core("read message") as connection:
+                row = connection.execute(_BODY, {"message_id": message_id}).first()
+                if row is None:
+                    raise StorageError(f"no message {message_id}", message_id=message_id)
+                content, spool_path, digest = row
         if spool_path is not None:
             if self.spool is None:
                 raise StorageError("message body is spooled but no spool directory is configured", path=spool_path)
@@ -635,7 +868,8 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
 
         Due means ``queued`` with ``next_attempt_at <= now``, or ``in_flight`` with ``lease_until <= now``
         (reclaimed: its node vanished; the lost attempt is recorded). Oldest due first. Each claim counts as an
-        attempt and gets a fresh claim token.
+        attempt and gets a fresh claim token. Bodies of at most :data:`PREFETCH_MAX` bytes kept in the database
+        are read in the same transaction and kept for the next :meth:`raw` of their message.
 
         :param node: the claiming node's name (non-empty).
         :param now: the current time.
@@ -654,61 +888,74 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         if limit < 1:
             raise StorageError("limit must be >= 1", limit=limit)
         lease_until = now + timedelta(seconds=lease_seconds)
-        due = or_(
-            and_(RecipientRow.state == RecipientState.QUEUED.value, RecipientRow.next_attempt_at <= now),
-            and_(RecipientRow.state == RecipientState.IN_FLIGHT.value, RecipientRow.lease_until <= now),
-        )
-        query = (
-            select(RecipientRow, MessageRow.direction, MessageRow.mail_from, MessageRow.received_at)
-            .join(MessageRow, MessageRow.id == RecipientRow.message_id)
-            .where(due)
-            .order_by(RecipientRow.next_attempt_at, RecipientRow.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=RecipientRow)
-        )
         jobs: list[Job] = []
-        with self._tx("claim") as session:
-            for row, direction, mail_from, received_at in session.execute(query):
-                if row.state == RecipientState.IN_FLIGHT.value:
-                    session.add(
-                        DeliveryAttemptRow(
-                            recipient_id=row.id,
-                            message_id=row.message_id,
-                            at=now,
-                            node=row.claimed_by or "",
-                            attempt=row.attempts,
-                            result=RecipientState.QUEUED.value,
-                            target="",
-                            reply=f"lease expired at {row.lease_until}; reclaimed by {node}",
-                            next_attempt_at=now,
-                        )
+        bodies: dict[str, tuple[bytes, str]] = {}
+        with self._core("claim") as connection:
+            rows = connection.execute(_DUE, {"now": now, "limit": limit, "prefetch_max": PREFETCH_MAX}).all()
+            if not rows:
+                return jobs
+            taken: list[dict[str, Any]] = []
+            lost: list[dict[str, Any]] = []
+            for row in rows:
+                state = RecipientState(row.state)
+                check_transition(state, RecipientState.IN_FLIGHT)
+                if state is RecipientState.IN_FLIGHT:
+                    lost.append(
+                        {
+                            "recipient_id": row.id,
+                            "message_id": row.message_id,
+                            "at": now,
+                            "node": row.claimed_by or "",
+                            "attempt": row.attempts,
+                            "result": RecipientState.QUEUED.value,
+                            "target": "",
+                            "reply": f"lease expired at {row.lease_until}; reclaimed by {node}",
+                            "next_attempt_at": now,
+                        }
                     )
-                _move(row, RecipientState.IN_FLIGHT, now)
-                row.attempts += 1
-                row.claimed_by = node
-                row.claim_token = uuid.uuid4().hex
-                row.lease_until = lease_until
+                if row.content is not None:
+                    bodies[row.message_id] = (bytes(row.content), row.sha256)
+                token = uuid.uuid4().hex
+                attempt = row.attempts + 1
+                taken.append(
+                    {
+                        "b_id": row.id,
+                        "b_state": RecipientState.IN_FLIGHT.value,
+                        "b_attempts": attempt,
+                        "b_claimed_by": node,
+                        "b_claim_token": token,
+                        "b_lease_until": lease_until,
+                        "b_updated_at": now,
+                    }
+                )
                 jobs.append(
                     Job(
                         recipient_id=row.id,
                         message_id=row.message_id,
                         address=row.address,
-                        direction=Direction(direction),
-                        mail_from=mail_from,
-                        received_at=received_at,
-                        attempt=row.attempts,
+                        direction=Direction(row.direction),
+                        mail_from=row.mail_from,
+                        received_at=row.received_at,
+                        attempt=attempt,
                         node=node,
-                        claim_token=row.claim_token,
+                        claim_token=token,
                         lease_until=lease_until,
                     )
                 )
+            if lost:
+                connection.execute(_INSERT_ATTEMPTS, lost)
+            connection.execute(_TAKE, taken)
+        if bodies:  # committed: the claims are ours, and the worker asks for these bodies next
+            with self._prefetch_lock:
+                self._prefetched.update(bodies)
+                while len(self._prefetched) > PREFETCH_ENTRIES:
+                    self._prefetched.popitem(last=False)
         return jobs
 
-    def _held(self, session: Session, job: Job) -> RecipientRow:
-        """The job's recipient row, locked, if the job's claim still holds it."""
-        row = session.scalars(
-            select(RecipientRow).where(RecipientRow.id == job.recipient_id).with_for_update()
-        ).one_or_none()
+    @staticmethod
+    def _held(connection: Connection, job: Job) -> _Held:
+        """The job's recipient, locked, if the job's claim still holds it."""
+        row = connection.execute(_HELD, {"recipient_id": job.recipient_id}).first()
         if row is None:
             raise StorageError(f"no recipient {job.recipient_id}", recipient_id=job.recipient_id)
         if row.claim_token != job.claim_token:
@@ -718,17 +965,13 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
                 state=row.state,
                 claimed_by=row.claimed_by,
             )
-        return row
+        return _Held(RecipientState(row.state), row.header_message_id)
 
     @staticmethod
-    def _header_id(session: Session, message_id: str) -> str | None:
-        return session.scalar(select(MessageRow.header_message_id).where(MessageRow.id == message_id))
-
     def _end(
-        self,
-        session: Session,
+        connection: Connection,
         job: Job,
-        row: RecipientRow,
+        held: _Held,
         new: RecipientState,
         now: datetime,
         *,
@@ -736,24 +979,32 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         reply: str,
         next_at: datetime | None = None,
     ) -> None:
-        _move(row, new, now)
-        row.claimed_by = None
-        row.claim_token = None
-        row.lease_until = None
-        row.next_attempt_at = next_at
-        row.last_reply = reply
-        session.add(
-            DeliveryAttemptRow(
-                recipient_id=row.id,
-                message_id=row.message_id,
-                at=now,
-                node=job.node,
-                attempt=job.attempt,
-                result=new.value,
-                target=target,
-                reply=reply,
-                next_attempt_at=next_at,
-            )
+        """End a held claim: the recipient moves to ``new`` (after :func:`check_transition`), the claim is
+        released, and the attempt is recorded."""
+        check_transition(held.state, new)
+        connection.execute(
+            _END,
+            {
+                "b_id": job.recipient_id,
+                "b_state": new.value,
+                "b_next_attempt_at": next_at,
+                "b_last_reply": reply,
+                "b_updated_at": now,
+            },
+        )
+        connection.execute(
+            _INSERT_ATTEMPTS,
+            {
+                "recipient_id": job.recipient_id,
+                "message_id": job.message_id,
+                "at": now,
+                "node": job.node,
+                "attempt": job.attempt,
+                "result": new.value,
+                "target": target,
+                "reply": reply,
+                "next_attempt_at": next_at,
+            },
         )
 
     def renew(self, job: Job, now: datetime, lease_seconds: float) -> Job:
@@ -769,10 +1020,18 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
             raise StorageError("lease_seconds out of range", lease_seconds=lease_seconds)
         lease_until = now + timedelta(seconds=lease_seconds)
-        with self._tx("renew") as session:
-            row = self._held(session, job)
-            _move(row, RecipientState.IN_FLIGHT, now)
-            row.lease_until = lease_until
+        with self._core("renew") as connection:
+            held = self._held(connection, job)
+            check_transition(held.state, RecipientState.IN_FLIGHT)
+            connection.execute(
+                _RENEW,
+                {
+                    "b_id": job.recipient_id,
+                    "b_state": RecipientState.IN_FLIGHT.value,
+                    "b_lease_until": lease_until,
+                    "b_updated_at": now,
+                },
+            )
         return replace(job, lease_until=lease_until)
 
     def complete(self, job: Job, now: datetime, *, target: str, reply: str, audit: AuditRecord | None = None) -> None:
@@ -791,16 +1050,16 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         """
         _aware(now)
         kind = AuditKind.RELAY if job.direction is Direction.OUTGOING else AuditKind.DELIVER
-        with self._tx("complete") as session:
-            row = self._held(session, job)
-            self._end(session, job, row, RecipientState.DELIVERED, now, target=target, reply=reply)
+        with self._core("complete") as connection:
+            held = self._held(connection, job)
+            self._end(connection, job, held, RecipientState.DELIVERED, now, target=target, reply=reply)
             record = audit or AuditRecord(reason=reply)
-            session.add(
+            connection.execute(
+                _INSERT_AUDIT,
                 _audit_row(
-                    kind, now, node=job.node, message_id=job.message_id,
-                    header_message_id=self._header_id(session, job.message_id), record=record,
-                    mail_from=job.mail_from, recipients=(job.address,),
-                )
+                    kind, now, node=job.node, message_id=job.message_id, header_message_id=held.header_message_id,
+                    record=record, mail_from=job.mail_from, recipients=(job.address,),
+                ),
             )
 
     def retry_later(self, job: Job, now: datetime, next_at: datetime, *, target: str, reply: str) -> None:
@@ -821,9 +1080,9 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         _aware(next_at, "next_at")
         if next_at < now:
             raise StorageError("next_at is before now", now=now.isoformat(), next_at=next_at.isoformat())
-        with self._tx("retry later") as session:
-            row = self._held(session, job)
-            self._end(session, job, row, RecipientState.QUEUED, now, target=target, reply=reply, next_at=next_at)
+        with self._core("retry later") as connection:
+            held = self._held(connection, job)
+            self._end(connection, job, held, RecipientState.QUEUED, now, target=target, reply=reply, next_at=next_at)
 
     def bounce(
         self, job: Job, now: datetime, reason: str, *, target: str = "", reply: str = "",
@@ -848,21 +1107,22 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         """
         _aware(now)
         final = RecipientState.BOUNCED if job.mail_from else RecipientState.FAILED
-        with self._tx("bounce") as session:
-            row = self._held(session, job)
-            self._end(session, job, row, final, now, target=target, reply=reply or reason)
+        with self._core("bounce") as connection:
+            held = self._held(connection, job)
+            self._end(connection, job, held, final, now, target=target, reply=reply or reason)
             if final is RecipientState.BOUNCED:
-                session.add(
-                    NotificationRow(
-                        kind=NotificationKind.DSN.value,
-                        message_id=job.message_id,
-                        recipient_id=job.recipient_id,
-                        address=job.mail_from,
-                        status=NotificationStatus.PENDING.value,
-                        created_at=now,
-                        updated_at=now,
-                        detail=reason,
-                    )
+                connection.execute(
+                    _INSERT_NOTIFICATION,
+                    {
+                        "kind": NotificationKind.DSN.value,
+                        "message_id": job.message_id,
+                        "recipient_id": job.recipient_id,
+                        "address": job.mail_from,
+                        "status": NotificationStatus.PENDING.value,
+                        "created_at": now,
+                        "updated_at": now,
+                        "detail": reason,
+                    },
                 )
             record = audit or AuditRecord()
             if not record.reason:
@@ -870,12 +1130,13 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
                     mail_from=record.mail_from, recipients=record.recipients, fingerprints=record.fingerprints,
                     verdict=record.verdict, reason=reason, remote=record.remote,
                 )
-            session.add(
+            connection.execute(
+                _INSERT_AUDIT,
                 _audit_row(
                     AuditKind.BOUNCE, now, node=job.node, message_id=job.message_id,
-                    header_message_id=self._header_id(session, job.message_id),
+                    header_message_id=held.header_message_id,
                     record=record, mail_from=job.mail_from, recipients=(job.address,),
-                )
+                ),
             )
         return final
 
@@ -899,13 +1160,26 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         Spec: issue 5 ("Audit: every accept, reject, relay, delivery, bounce and notification is an event").
         """
         _aware(now)
-        row = _audit_row(
+        values = _audit_row(
             kind, now, node=node, message_id=message_id, header_message_id=header_message_id, record=record
         )
-        with self._tx("append audit event") as session:
-            session.add(row)
-            session.flush()
-            return _event(row)
+        with self._core("append audit event") as connection:
+            key = connection.execute(_INSERT_AUDIT, values).inserted_primary_key
+        assert key is not None
+        return AuditEvent(
+            seq=int(key[0]),
+            at=now,
+            kind=kind,
+            node=node,
+            message_id=message_id,
+            header_message_id=header_message_id,
+            mail_from=values["mail_from"],
+            recipients=tuple(values["recipients"]),
+            fingerprints=tuple(values["fingerprints"]),
+            verdict=record.verdict,
+            reason=record.reason,
+            remote=record.remote,
+        )
 
     def events(self, *, message_id: str | None = None, after: int = 0, limit: int = 1000) -> list[AuditEvent]:
         """Audit events with ``seq > after``, in append order, optionally for one message.
@@ -960,36 +1234,28 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
     # TrackingStore -------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _track_query(
-        *, header_message_id: str | None = None, queue_id: str | None = None
-    ) -> Select[TrackedMessageRow]:
-        """The track of a queue id, or the newest (``sent_at``, then ``id``) under a Message-ID's correlation key."""
-        query = select(TrackedMessageRow)
+    def _find_track(
+        connection: Connection, *, header_message_id: str | None = None, queue_id: str | None = None,
+        lock: bool = False,
+    ) -> Any:
+        """The track row of a queue id, or the newest (``sent_at``, then ``id``) under a Message-ID's correlation
+        key; locked for the transaction with ``lock`` (``FOR UPDATE`` on PostgreSQL). None when there is none."""
         if queue_id is not None:
-            return query.where(TrackedMessageRow.queue_id == queue_id)
-        assert header_message_id is not None
-        return (
-            query.where(TrackedMessageRow.correlation == correlation_key(header_message_id))
-            .order_by(TrackedMessageRow.sent_at.desc(), TrackedMessageRow.id.desc())
-            .limit(1)
-        )
+            query, params = _TRACK_BY_QUEUE_ID, {"queue_id": queue_id}
+        else:
+            assert header_message_id is not None
+            query, params = _TRACK_BY_KEY, {"correlation": correlation_key(header_message_id)}
+        return connection.execute(query.with_for_update() if lock else query, params).first()
 
     @staticmethod
-    def _load(session: Session, row: TrackedMessageRow) -> _Loaded:
+    def _load(connection: Connection, row: Any) -> _Loaded:
         """The track of ``row`` with its recipients' states and histories (records in ``id`` order)."""
-        recipient_rows = {
-            r.key: r
-            for r in session.scalars(
-                select(TrackedRecipientRow)
-                .where(TrackedRecipientRow.tracked_id == row.id)
-                .order_by(TrackedRecipientRow.id)
-            )
-        }
-        tracks = {key: RecipientTrack(r.address, State(r.state)) for key, r in recipient_rows.items()}
-        events = session.scalars(
-            select(TrackingEventRow).where(TrackingEventRow.tracked_id == row.id).order_by(TrackingEventRow.id)
-        )
-        for event in events:
+        recipient_rows: dict[str, tuple[int, str]] = {}
+        tracks: dict[str, RecipientTrack] = {}
+        for r in connection.execute(_TRACK_RECIPIENTS, {"tracked_id": row.id}):
+            recipient_rows[r.key] = (r.id, r.address)
+            tracks[r.key] = RecipientTrack(r.address, State(r.state))
+        for event in connection.execute(_TRACK_EVENTS, {"tracked_id": row.id}):
             recipient = tracks.get(_key(event.address))
             if recipient is not None:  # always: events are written for tracked recipients only
                 recipient.history.append(_record(event))
@@ -1009,34 +1275,38 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             complete=row.complete,
         )
         history = {key: list(t.history) for key, t in tracks.items()}
-        return _Loaded(tracked, recipient_rows, history)
+        return _Loaded(tracked, row.id, recipient_rows, history)
 
     @staticmethod
-    def _persist(session: Session, row: TrackedMessageRow, loaded: _Loaded, now: datetime) -> None:
+    def _persist(connection: Connection, loaded: _Loaded, now: datetime) -> None:
         """Write back what ``decide`` changed: states, appended records, ``complete``; release the claim.
 
         :raises StorageError: ``decide`` added or removed recipients, or rewrote history instead of appending.
         """
-        track = loaded.tracked.track
+        tracked = loaded.tracked
+        track = tracked.track
         if set(track.recipients) != set(loaded.rows):
             raise StorageError(
-                f"tracking of {row.queue_id}: the decision added or removed recipients", queue_id=row.queue_id
+                f"tracking of {tracked.queue_id}: the decision added or removed recipients", queue_id=tracked.queue_id
             )
-        for key, recipient_row in loaded.rows.items():
+        states: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for key, (recipient_id, address) in loaded.rows.items():
             recipient = track.recipients[key]
             before = loaded.history[key]
             if recipient.history[: len(before)] != before:
                 raise StorageError(
-                    f"tracking of {row.queue_id}: the decision rewrote the history of {recipient_row.address}",
-                    queue_id=row.queue_id,
+                    f"tracking of {tracked.queue_id}: the decision rewrote the history of {address}",
+                    queue_id=tracked.queue_id,
                 )
-            recipient_row.state = State(recipient.state).value
-            session.add_all(_event_rows(row.id, recipient_row.address, recipient.history[len(before) :]))
-        row.complete = track.complete
-        row.claimed_by = None
-        row.claim_token = None
-        row.lease_until = None
-        row.updated_at = now
+            states.append({"b_id": recipient_id, "b_state": State(recipient.state).value})
+            events.extend(_event_values(loaded.tracked_id, address, recipient.history[len(before) :]))
+        connection.execute(_TRACK_RECIPIENT_STATE, states)
+        if events:
+            connection.execute(_INSERT_TRACKING_EVENTS, events)
+        connection.execute(
+            _TRACK_SETTLE, {"b_id": loaded.tracked_id, "b_complete": track.complete, "b_updated_at": now}
+        )
 
     def update_tracking(
         self,
@@ -1079,27 +1349,28 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         _aware(now)
         if (header_message_id is None) == (queue_id is None):
             raise StorageError("update_tracking needs exactly one of header_message_id and queue_id")
-        query = self._track_query(header_message_id=header_message_id, queue_id=queue_id).with_for_update()
         failure: Exception | None = None
         result: _R | None = None
         spooled: list[str] = []
         try:
-            with self._tx("update tracking") as session:
-                row = session.scalars(query).first()
+            with self._core("update tracking") as connection:
+                row = self._find_track(
+                    connection, header_message_id=header_message_id, queue_id=queue_id, lock=True
+                )
                 if row is None:
                     return None
-                loaded = self._load(session, row)
+                loaded = self._load(connection, row)
                 try:
                     decision = decide(loaded.tracked)
                 except Exception as exc:  # re-raised below, unchanged, once the transaction is rolled back
                     failure = exc
                     raise _Rollback from None
-                self._persist(session, row, loaded, now)
+                self._persist(connection, loaded, now)
                 for item in decision.enqueue:
                     prepared = self._prepare(
                         item.envelope, item.raw, now=now, node=node, audit=item.audit, spooled=spooled
                     )
-                    self._add(session, prepared)
+                    self._add(connection, prepared)
                 result = decision.result
         except _Rollback:
             pass
@@ -1168,12 +1439,12 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         Spec: issue 6 ("Delivery status is data, not only mail: ``hisp track MESSAGE-ID [--json]``").
         """
         key = key.strip()
-        with self._tx("read tracking") as session:
+        with self._core("read tracking") as connection:
             row = None
             if _QUEUE_ID.fullmatch(key):
-                row = session.scalars(self._track_query(queue_id=key.lower())).first()
+                row = self._find_track(connection, queue_id=key.lower())
             if row is None and correlation_key(key):
-                row = session.scalars(self._track_query(header_message_id=key)).first()
+                row = self._find_track(connection, header_message_id=key)
             if row is None:
                 raise StorageError(f"nothing is tracked under {key}", key=key)
-            return self._load(session, row).tracked
+            return self._load(connection, row).tracked
