@@ -53,7 +53,7 @@ def _work(url: str, node: str, start: threading.Barrier | None = None) -> list[i
         if start is not None:
             start.wait()
         while jobs := store.claim(node, T0, 300, 2):
-            time.sleep(0.002)  # the delivery itself, outside any transaction: lets the others take the lock
+            time.sleep(0.01)  # the delivery itself, outside any transaction: lets the others take the lock
             for job in jobs:
                 claimed.append(job.recipient_id)
                 store.complete(job, T0, target="t", reply="250")
