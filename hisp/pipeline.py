@@ -419,7 +419,7 @@ class Pipeline:
             try:
                 owed = await self._run(
                     owed_mdns, result.message, recipients, disposition=Disposition.PROCESSED,
-                    reporting_ua=self._reporting_ua, at=now,
+                    reporting_ua=self._reporting_ua, at=now, known_not_notification=True,
                 )
             except HispError as exc:  # the message is accepted all the same; the log says why no MDN went
                 _log.error("no processed MDN for a message from %s: %s", mail_from, exc.message)

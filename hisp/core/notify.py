@@ -111,6 +111,7 @@ def owed_mdns(
     reporting_ua: str,
     at: datetime,
     failure: str | None = None,
+    known_not_notification: bool = False,
 ) -> list[OwedMdn]:
     """The MDNs owed for a received message, one per recipient; none for a notification (AS-19) or when the
     message names nobody to answer (no Disposition-Notification-To and no From).
@@ -121,12 +122,14 @@ def owed_mdns(
     :param reporting_ua: ``"<our host name>; hisp"``.
     :param at: the MDNs' Date.
     :param failure: the reason, for ``failed``.
+    :param known_not_notification: the caller already found ``plain`` is no MDN or DSN (:func:`read_notice`
+        returned ``None``): the message is not walked a second time.
     :returns: the MDNs, in recipient order.
     :raises HispError: ``failure`` missing for ``failed`` or given for another disposition.
 
     Spec: AS-18, AS-19, DN-3, DN-5; RFC 8098 section 3.
     """
-    if is_notification(plain):
+    if not known_not_notification and is_notification(plain):
         return []
     headers = header_pairs(plain)
     to = mdn_recipient(headers)
