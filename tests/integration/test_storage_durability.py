@@ -10,14 +10,17 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, text
 
 from hisp.adapters.storage import SqlStore
 from hisp.adapters.storage.testing import backends, scratch_database
+from hisp.errors import StorageError
 from hisp.ports import Direction, Envelope, RecipientState
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -110,5 +113,64 @@ def test_killed_right_after_enqueue_the_message_is_claimable(db_url: str, tmp_pa
         for job in jobs:
             store.complete(job, T0, target="maildir:/ehr", reply="delivered")
         assert {r.state for r in store.show(message_id).message.recipients} == {RecipientState.DELIVERED}
+    finally:
+        store.close()
+
+
+@contextmanager
+def lost_commit_acknowledgement(store: SqlStore) -> Iterator[list[int]]:
+    """Make every COMMIT take effect and then fail, as when a PostgreSQL connection drops after the server
+    committed but before its acknowledgement arrived: the caller sees an error, the rows are there."""
+    dialect = store.engine.dialect
+    real = dialect.do_commit
+    commits: list[int] = []
+
+    def do_commit(dbapi_connection: Any) -> None:
+        real(dbapi_connection)
+        commits.append(1)
+        raise dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly (injected)")
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    try:
+        yield commits
+    finally:
+        dialect.do_commit = real  # type: ignore[method-assign]
+
+
+def test_a_failed_commit_keeps_the_spool_file_of_a_message_it_may_have_stored(db_url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    store = SqlStore.open(db_url, spool_dir=spool, inline_max=1024)
+    try:
+        envelope = Envelope(Direction.OUTGOING, "a@x.example", ("b@y.example",))
+        with lost_commit_acknowledgement(store) as commits, pytest.raises(StorageError, match="enqueue failed"):
+            store.enqueue(envelope, RAW, now=T0)
+        assert commits == [1]
+        # The row committed: its body must still be readable (the spool file was not removed).
+        (message,) = store.list_messages()
+        assert message.spooled
+        assert store.raw(message.id) == RAW
+        assert [j.message_id for j in store.claim("n1", T0, 60, 10)] == [message.id]
+        assert store.spool_orphans() == []
+    finally:
+        store.close()
+
+
+def test_a_failure_before_the_commit_still_removes_the_spool_file(db_url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    store = SqlStore.open(db_url, spool_dir=spool, inline_max=1024)
+
+    def fail(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_EVENTS"):
+            raise store.engine.dialect.loaded_dbapi.OperationalError("injected failure")
+
+    event.listen(store.engine, "before_cursor_execute", fail)
+    try:
+        with pytest.raises(StorageError, match="injected failure"):
+            store.enqueue(Envelope(Direction.OUTGOING, "a@x.example", ("b@y.example",)), RAW, now=T0)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", fail)
+    try:
+        assert store.list_messages() == []
+        assert list(spool.rglob("*.eml")) == []
     finally:
         store.close()

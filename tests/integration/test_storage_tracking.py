@@ -298,6 +298,31 @@ def test_a_failure_after_decide_persists_nothing_and_enqueues_nothing(
     assert _spooled(tmp_path) == []
 
 
+def test_a_failed_commit_keeps_the_spool_file_of_a_notice_it_may_have_stored(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    queue_id = _send(store)
+    dialect = store.engine.dialect
+    real = dialect.do_commit
+
+    def do_commit(dbapi_connection: object) -> None:  # committed, then the acknowledgement is lost
+        real(dbapi_connection)
+        raise dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly (injected)")
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StorageError, match="update tracking failed"):
+            store.update_tracking(
+                _applying(LEE, Event.FAILED, T0, enqueue=(_notice(size=5000),)), now=T0, header_message_id=MESSAGE_ID
+            )
+    finally:
+        dialect.do_commit = real  # type: ignore[method-assign]
+    (notice,) = [m for m in store.list_messages() if m.id != queue_id]
+    assert notice.spooled
+    assert store.raw(notice.id) == _raw("<mdn-1@hospital.example>", 5000)
+    assert store.spool_orphans() == []
+
+
 def test_a_decision_may_not_add_remove_or_rewrite(store: SqlStore) -> None:
     queue_id = _send(store)
     store.update_tracking(_applying(JONES, Event.PROCESSED, T0), now=T0, queue_id=queue_id)

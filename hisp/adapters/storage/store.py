@@ -20,8 +20,9 @@ Atomicity: one transaction holds everything that must not be half done. :meth:`S
 message, its recipients and ``accept`` audit event together with the messages of ``also`` (e.g. its processed
 MDNs) and its track (``track``); :meth:`SqlStore.update_tracking` persists a tracking decision (recipient states,
 history, ``complete``, the released timeout claim) together with the messages the decision enqueues (a
-forwarded notification, a DSN). A crash or failure leaves all of it or none; spool files of a failed transaction
-are removed (those of a crash are listed by :meth:`SqlStore.spool_orphans`).
+forwarded notification, a DSN). A crash or failure leaves all of it or none; spool files of a transaction that
+failed before its COMMIT was sent are removed; those of a failed COMMIT (it may have committed: an acknowledgement
+lost with the connection) and of a crash stay, and :meth:`SqlStore.spool_orphans` lists the ones no row names.
 
 Claims: :meth:`SqlStore.claim` selects due recipients with ``FOR UPDATE OF recipients SKIP LOCKED`` on
 PostgreSQL; on SQLite the same statement runs inside ``BEGIN IMMEDIATE`` (one writer at a time), so the read
@@ -389,6 +390,14 @@ class _Loaded:
     history: dict[str, list[Record]]
 
 
+@dataclass
+class _Commit:
+    """Whether a transaction's COMMIT was sent (see :meth:`SqlStore._core`): after that, a failure leaves the
+    outcome unknown and the spool files it names must stay."""
+
+    sent: bool = False
+
+
 class _Rollback(Exception):
     """Raised inside a transaction to roll it back; the real exception is re-raised outside."""
 
@@ -505,13 +514,19 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             raise StorageError(f"{what} failed: {exc.__class__.__name__}: {exc}") from exc
 
     @contextmanager
-    def _core(self, what: str) -> Iterator[Connection]:
+    def _core(self, what: str, commit: _Commit | None = None) -> Iterator[Connection]:
         """A connection in a transaction (Core, no ORM session), committed on success; database failures become
         StorageError. The same transaction as :meth:`_tx` (``BEGIN IMMEDIATE`` on SQLite), at a fraction of the
-        cost: the hot paths use it."""
+        cost: the hot paths use it.
+
+        :param commit: marked :attr:`_Commit.sent` once the body has run without raising, just before the COMMIT
+            is sent: a failure after that may have committed (an acknowledgement lost with the connection).
+        """
         try:
             with self.engine.begin() as connection:
                 yield connection
+                if commit is not None:
+                    commit.sent = True
         except HispError:
             raise
         except (SQLAlchemyError, ValueError) as exc:
@@ -550,7 +565,8 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             track are stored too.
         :returns: the stored message (not those of ``also``), every recipient ``queued``.
         :raises StorageError: no recipient (in any message), a naive ``now``, a track without Message-ID or
-            recipients, or nothing could be stored (no row is left; spool files already written are removed).
+            recipients, or nothing could be stored (no row is left; spool files already written are removed),
+            or the COMMIT failed (its outcome unknown: the message may be stored, so its spool file stays).
 
         Spec: DESIGN.md section 1 ("a message answered 250 is on disk first"); issue 6 (tracking, MDNs).
         """
@@ -558,13 +574,14 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         if track is not None:
             _check_track(track)
         spooled: list[str] = []
+        commit = _Commit()
         try:
             main = self._prepare(envelope, raw, now=now, node=node, audit=audit, spooled=spooled)
             others = [
                 self._prepare(item.envelope, item.raw, now=now, node=node, audit=item.audit, spooled=spooled)
                 for item in also
             ]
-            with self._core("enqueue") as connection:
+            with self._core("enqueue", commit) as connection:
                 ids = self._add(connection, main)
                 for prepared in others:
                     self._add(connection, prepared)
@@ -573,7 +590,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
                         connection, track, queue_id=main.message["id"], sender=envelope.mail_from, now=now
                     )
         except BaseException:
-            self._discard(spooled)
+            self._discard(spooled, commit)
             raise
         message = main.message
         return StoredMessage(
@@ -679,9 +696,15 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         connection.execute(_INSERT_AUDIT, prepared.accept)
         return ids
 
-    def _discard(self, spooled: Sequence[str]) -> None:
-        """Remove spool files whose rows were never committed."""
-        if self.spool is not None:
+    def _discard(self, spooled: Sequence[str], commit: _Commit) -> None:
+        """Remove the spool files of a failed transaction, unless it may have committed.
+
+        A failure once the COMMIT was sent (``commit.sent``) leaves its outcome unknown: PostgreSQL may have
+        committed and the acknowledgement been lost with the connection, and a committed row without its body
+        would lose the message. Those files stay; one whose row did not commit is an orphan, harmless, listed by
+        :meth:`spool_orphans`.
+        """
+        if self.spool is not None and not commit.sent:
             for path in spooled:
                 self.spool.discard(path)
 
@@ -848,8 +871,9 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             )
 
     def spool_orphans(self) -> list[str]:
-        """Spool files that no message names: left by a crash between the spool write and the commit (the
-        sender got no 250 for them). Safe to delete once no enqueue is running.
+        """Spool files that no message names: left by a crash between the spool write and the commit, or by a
+        COMMIT that failed and did not commit after all (the sender got no 250 for them). Safe to delete once no
+        enqueue is running. Nothing deletes them on its own.
 
         :returns: relative spool paths.
         :raises StorageError: the database failed.
@@ -1328,7 +1352,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         each recipient's state, the history records ``decide`` appended, ``complete = track.complete``, the
         timeout claim released (see :meth:`claim_expired`), ``updated_at = now``, and each message of
         ``decision.enqueue`` stored and queued as by :meth:`enqueue` (its ``accept`` audit event by ``node``;
-        large bodies spooled first and removed again if the transaction fails).
+        large bodies spooled first and removed again if the transaction fails before its COMMIT is sent).
 
         ``decide`` runs while the lock is held: it must be quick and must not use this store.
 
@@ -1352,8 +1376,9 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         failure: Exception | None = None
         result: _R | None = None
         spooled: list[str] = []
+        commit = _Commit()
         try:
-            with self._core("update tracking") as connection:
+            with self._core("update tracking", commit) as connection:
                 row = self._find_track(
                     connection, header_message_id=header_message_id, queue_id=queue_id, lock=True
                 )
@@ -1375,7 +1400,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         except _Rollback:
             pass
         except BaseException:
-            self._discard(spooled)
+            self._discard(spooled, commit)
             raise
         if failure is not None:
             raise failure
