@@ -15,6 +15,7 @@ Example::
     revocation = "soft"          # hard | soft | off
     clock_skew = 300             # seconds
     cache_dir = "trust-cache"    # downloaded bundles (relative to this file)
+    intermediates = ["anchors/partner-intermediates.pem"]   # issuers for path building, never anchors
 
     [[trust.anchor]]
     file = "anchors/partner-ca.pem"
@@ -261,6 +262,9 @@ class TrustConfig:
     :ivar anchors: anchor files with their domains and directions.
     :ivar bundles: bundles with their URLs, domains and directions.
     :ivar domains: per-domain overrides.
+    :ivar intermediates: files of intermediate CA certificates offered to path building for every store
+        (for partners whose messages do not carry their chain and whose certificates name no AIA); they
+        are issuers only, never anchors: trust still has to end at an anchor (AS-20, AS-21).
     """
 
     policy: SecurityPolicy
@@ -270,6 +274,7 @@ class TrustConfig:
     anchors: tuple[AnchorConfig, ...] = ()
     bundles: tuple[BundleConfig, ...] = ()
     domains: tuple[DomainTrustConfig, ...] = ()
+    intermediates: tuple[Path, ...] = ()
 
     def for_domain(self, domain: HealthDomain) -> DomainTrustConfig:
         """The policy and revocation mode in force for ``domain`` (its override, else the defaults)."""
@@ -436,6 +441,12 @@ def _trust(source: str, table: Mapping[str, Any], base: Path) -> TrustConfig:
     policy = policy.with_options(clock_skew=clock_skew)
     cache_dir = reader.path("cache_dir", "trust-cache")
     assert cache_dir is not None
+    intermediates: list[Path] = []
+    for value in reader.strings("intermediates", default=()):
+        named = Path(value) if Path(value).is_absolute() else reader.base / value
+        if not named.is_file():
+            raise reader.error("intermediates", f"{named} does not exist or is not a file")
+        intermediates.append(named)
 
     anchors: list[AnchorConfig] = []
     for sub in _tables(reader, "anchor"):
@@ -483,7 +494,10 @@ def _trust(source: str, table: Mapping[str, Any], base: Path) -> TrustConfig:
         domains.append(DomainTrustConfig(domain, domain_policy, _revocation(sub, "revocation", revocation)))
         sub.finish()
     reader.finish()
-    return TrustConfig(policy, revocation, clock_skew, cache_dir, tuple(anchors), tuple(bundles), tuple(domains))
+    return TrustConfig(
+        policy, revocation, clock_skew, cache_dir, tuple(anchors), tuple(bundles), tuple(domains),
+        tuple(dict.fromkeys(intermediates)),
+    )
 
 
 # -- hosted domains: addresses, certificates and what is published (CD-11) ------------------------------

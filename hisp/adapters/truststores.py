@@ -18,7 +18,7 @@ anchors only (TB-5): they go into the stores' anchor sets and nowhere else.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from hisp.core.policy import Direction
 from hisp.core.trust import TrustAnchor, TrustStore
 from hisp.errors import CertificateError, ConfigError
 
-__all__ = ["TrustStores", "load_anchor_file"]
+__all__ = ["TrustStores", "load_anchor_file", "load_intermediates"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,27 @@ def load_anchor_file(path: Path) -> tuple[Certificate, ...]:
         raise ConfigError(f"trust anchor file {path}: {exc.message}", file=str(path)) from None
 
 
+def load_intermediates(
+    files: Sequence[Path], load_file: Callable[[Path], tuple[Certificate, ...]]
+) -> tuple[Certificate, ...]:
+    """The CA certificates of the ``[trust] intermediates`` files, each once.
+
+    :raises ConfigError: a file cannot be read, holds no certificate, or holds a certificate that is not a CA
+        (an intermediate must be able to issue: basicConstraints cA); the message names the file.
+
+    Spec: AS-20 (intermediates from the local store).
+    """
+    found: dict[bytes, Certificate] = {}
+    for file in files:
+        for cert in load_file(file):
+            if not cert.is_ca:
+                raise ConfigError(
+                    f"trust intermediates file {file}: {cert.subject} is not a CA certificate", file=str(file)
+                )
+            found.setdefault(cert.der, cert)
+    return tuple(found.values())
+
+
 class TrustStores:
     """The trust stores of every local domain and address, rebuilt when a bundle changes.
 
@@ -91,6 +112,7 @@ class TrustStores:
     ) -> None:
         self.config = config
         self._files = {anchor.file: load_file(anchor.file) for anchor in config.anchors}
+        self.intermediates = load_intermediates(config.intermediates, load_file)
         if refreshers is None:
             refreshers = {
                 bundle.name: BundleRefresher(
@@ -162,6 +184,7 @@ class TrustStores:
                 outgoing=pick(Direction.OUTGOING, domain, None),
                 revocation=settings.revocation,
                 policy=settings.policy,
+                intermediates=self.intermediates,
             )
         for address in addresses:
             domain = address.domain
@@ -173,6 +196,7 @@ class TrustStores:
                 revocation=settings.revocation,
                 policy=settings.policy,
                 address=address,
+                intermediates=self.intermediates,
             )
         with self._lock:
             self._stores = stores
@@ -199,7 +223,9 @@ class TrustStores:
         if store is not None:
             return store
         settings = self.config.for_domain(domain)
-        return TrustStore(domain=domain, revocation=settings.revocation, policy=settings.policy)
+        return TrustStore(
+            domain=domain, revocation=settings.revocation, policy=settings.policy, intermediates=self.intermediates
+        )
 
     def refresh(self, now: datetime) -> dict[str, RefreshOutcome]:
         """Refresh every bundle that is due; rebuild the stores when one changed.

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import click
 
 from hisp.adapters.storage.engine import default_url
-from hisp.adapters.truststores import load_anchor_file
+from hisp.adapters.truststores import load_anchor_file, load_intermediates
 from hisp.commands.common import fail_cleanly
 from hisp.config import Config, ListenerConfig, RelayMode, load_config
 
@@ -48,6 +48,7 @@ def check_config(config: Config, environ: Mapping[str, str]) -> None:
                 certificate.certificate(environ)
     for anchor in config.trust.anchors:
         load_anchor_file(anchor.file)
+    load_intermediates(config.trust.intermediates, load_anchor_file)
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -96,6 +97,9 @@ def summary(config: Config) -> str:
             lines.append(f"  {address}" + (f" -> {own.url}" if own else ""))
         trust = config.trust.for_domain(hosted.domain)
         lines.append(f"  policy {trust.policy.name}, revocation {trust.revocation.value}")
+    trusted = config.trust
+    lines.append(f"trust: {len(trusted.anchors)} anchor files, {len(trusted.bundles)} bundles, "
+                 f"{len(trusted.intermediates)} intermediates files")
     for user in config.users:
         lines.append(f"user {user.name}: may send from {', '.join(str(a) for a in user.addresses)}")
     lines.append("listeners:")
