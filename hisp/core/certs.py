@@ -196,26 +196,32 @@ class Certificate:
             warnings.filterwarnings("ignore", message=_SERIAL_WARNING)
             return self.x509.serial_number
 
-    @property
+    # The derived values below are pure functions of the DER and are read for every message (binding, key
+    # usage, key size, validity): each is computed once per certificate object (functools.cached_property;
+    # certificates parsed by from_der are themselves remembered by DER, so one object serves every message).
+
+    @functools.cached_property
     def fingerprint_sha256(self) -> str:
         """SHA-256 of the DER encoding, lower-case hex without separators."""
         return hashlib.sha256(self.der).hexdigest()
 
-    @property
+    @functools.cached_property
     def not_before(self) -> datetime:
         """Start of the validity period, aware UTC."""
         return self.x509.not_valid_before_utc
 
-    @property
+    @functools.cached_property
     def not_after(self) -> datetime:
         """End of the validity period, aware UTC."""
         return self.x509.not_valid_after_utc
 
+    @functools.cached_property
+    def _extension_values(self) -> dict[cx509.ObjectIdentifier, Any]:
+        # cryptography refuses duplicate extensions (DuplicateExtension), so one value per OID
+        return {extension.oid: extension.value for extension in self.x509.extensions}
+
     def _extension(self, oid: cx509.ObjectIdentifier) -> Any:
-        try:
-            return self.x509.extensions.get_extension_for_oid(oid).value
-        except cx509.ExtensionNotFound:
-            return None
+        return self._extension_values.get(oid)
 
     def _san(self, kind: type[cx509.GeneralName]) -> tuple[str, ...]:
         san = self._extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
@@ -223,17 +229,17 @@ class Certificate:
             return ()
         return tuple(str(name) for name in san.get_values_for_type(kind))
 
-    @property
+    @functools.cached_property
     def rfc822_names(self) -> tuple[str, ...]:
         """The subjectAltName rfc822Name values, as written (AS-2). The subject DN is not consulted."""
         return self._san(cx509.RFC822Name)
 
-    @property
+    @functools.cached_property
     def dns_names(self) -> tuple[str, ...]:
         """The subjectAltName dNSName values, as written (AS-2)."""
         return self._san(cx509.DNSName)
 
-    @property
+    @functools.cached_property
     def subject_key_identifier(self) -> bytes | None:
         """The subjectKeyIdentifier extension value (RFC 5280 section 4.2.1.2), or None."""
         ski = self._extension(ExtensionOID.SUBJECT_KEY_IDENTIFIER)
@@ -241,31 +247,36 @@ class Certificate:
 
     # -- capabilities ------------------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def is_ca(self) -> bool:
         """True when basicConstraints is present with cA set (RFC 5280 section 4.2.1.9)."""
         bc = self._extension(ExtensionOID.BASIC_CONSTRAINTS)
         return bool(bc is not None and bc.ca)
 
-    @property
+    @functools.cached_property
     def can_sign(self) -> bool:
         """True when keyUsage is absent or has digitalSignature (AS-4, RFC 5280 section 4.2.1.3)."""
         ku = self._extension(ExtensionOID.KEY_USAGE)
         return ku is None or bool(ku.digital_signature)
 
-    @property
+    @functools.cached_property
     def can_encipher(self) -> bool:
         """True when keyUsage is absent or has keyEncipherment (AS-4, RFC 5280 section 4.2.1.3)."""
         ku = self._extension(ExtensionOID.KEY_USAGE)
         return ku is None or bool(ku.key_encipherment)
 
     def _public_key(self) -> Any:
+        """The subject public key (cryptography's object), or None when it cannot be loaded (unsupported)."""
+        return self._loaded_public_key
+
+    @functools.cached_property
+    def _loaded_public_key(self) -> Any:
         try:
             return self.x509.public_key()
         except (ValueError, UnsupportedAlgorithm):
             return None
 
-    @property
+    @functools.cached_property
     def key_description(self) -> str:
         """The subject key for people: ``"RSA-2048"``, ``"ECDSA-secp256r1"``, ``"Ed25519"``, ``"unknown"``."""
         key = self._public_key()
@@ -281,19 +292,19 @@ class Certificate:
             return f"DSA-{key.key_size}"
         return "unknown"
 
-    @property
+    @functools.cached_property
     def rsa_key_bits(self) -> int | None:
         """The RSA modulus size in bits, or None for a non-RSA key (AS-5)."""
         key = self._public_key()
         return key.key_size if isinstance(key, rsa.RSAPublicKey) else None
 
-    @property
+    @functools.cached_property
     def ec_curve(self) -> str | None:
         """The ECDSA curve name (cryptography's, e.g. ``"secp256r1"``), or None for a non-EC key (AS-5)."""
         key = self._public_key()
         return key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else None
 
-    @property
+    @functools.cached_property
     def signature_digest(self) -> DigestAlgorithm | None:
         """The hash of the certificate's own signature, or None when there is none or it is unknown.
 
@@ -319,15 +330,19 @@ class Certificate:
 
         Spec: AS-2, AS-3 (Applicability Statement 1.3 section 1.4).
         """
-        wanted = str(address).casefold()
-        if any(name.strip().casefold() == wanted for name in self.rfc822_names):
+        addresses, domains = self._binding_names
+        if str(address).casefold() in addresses:
             return CertBinding.ADDRESS
-        domain = address.domain.name.casefold()
-        for name in self.dns_names:
-            candidate = name.strip().rstrip(".").casefold()
-            if "*" not in candidate and candidate == domain:
-                return CertBinding.DOMAIN
+        if address.domain.name.casefold() in domains:
+            return CertBinding.DOMAIN
         return None
+
+    @functools.cached_property
+    def _binding_names(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The names :meth:`binding_for` compares with: rfc822Names, and dNSNames less any wildcard one."""
+        addresses = frozenset(name.strip().casefold() for name in self.rfc822_names)
+        candidates = (name.strip().rstrip(".").casefold() for name in self.dns_names)
+        return addresses, frozenset(candidate for candidate in candidates if "*" not in candidate)
 
     def is_valid_at(self, at: datetime, skew: int = 0) -> bool:
         """Whether ``at`` lies in the validity period, widened by ``skew`` on both sides.

@@ -33,7 +33,7 @@ from asn1crypto import algos as asn1_algos
 from asn1crypto import cms as asn1_cms
 from asn1crypto import core as asn1_core
 from asn1crypto import x509 as asn1_x509
-from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -994,10 +994,9 @@ def _verify_signer(
             f"does not match digest {digest.display_name}"
         )
 
-    try:
-        public_key = cert.x509.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise PolicyViolation(f"signer key of {cert.describe()} is not supported") from None
+    public_key = cert._public_key()  # loaded once per certificate; None when cryptography cannot load it
+    if public_key is None:
+        raise PolicyViolation(f"signer key of {cert.describe()} is not supported")
     hash_algorithm = _HASHES[hash_name]()
     if scheme in ("rsa-pkcs1", "rsassa-pss"):
         if not isinstance(public_key, rsa.RSAPublicKey):
@@ -1195,10 +1194,7 @@ def _encrypt_content(
 
 def _check_recipient(cert: Certificate, recipient_identifier: str) -> rsa.RSAPublicKey:
     """The recipient's RSA key; refuse a certificate we may not or cannot encrypt to."""
-    try:
-        public_key = cert.x509.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        public_key = None
+    public_key = cert._public_key()  # loaded once per certificate; None when cryptography cannot load it
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise PolicyViolation(
             f"recipient certificate {cert.describe()} has a {cert.key_description} key, not RSA",
