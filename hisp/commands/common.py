@@ -120,8 +120,10 @@ def read_bundle_source(source: str, *, timeout: float, option: str = "--bundle")
     :param timeout: seconds for the whole fetch.
     :param option: the option that named it, for usage errors.
     :returns: the bytes.
-    :raises click.BadParameter: another URL scheme (exit status 2).
+    :raises click.BadParameter: another URL scheme, or a file that does not exist or is a directory (exit
+        status 2, as for a missing ``--anchor`` file).
     :raises ConfigError: the file is over the limit.
+    :raises OSError: the file exists but cannot be read.
     :raises DiscoveryUnavailable: the server did not answer (from :func:`hisp.adapters.http.fetch`).
     :raises InputError: the server refused or sent too much.
 
@@ -132,8 +134,13 @@ def read_bundle_source(source: str, *, timeout: float, option: str = "--bundle")
             raise click.BadParameter(f"only http and https URLs can be fetched, not {source!r}", param_hint=option)
         result = http.fetch(source, timeout=timeout, max_bytes=DEFAULT_MAX_BUNDLE_BYTES)
         return result.body or b""  # no validators were sent: never a 304
-    with open(source, "rb") as handle:
-        data = handle.read(DEFAULT_MAX_BUNDLE_BYTES + 1)
+    try:
+        with open(source, "rb") as handle:
+            data = handle.read(DEFAULT_MAX_BUNDLE_BYTES + 1)
+    except FileNotFoundError:
+        raise click.BadParameter(f"File {source!r} does not exist.", param_hint=f"'{option}'") from None
+    except IsADirectoryError:
+        raise click.BadParameter(f"File {source!r} is a directory.", param_hint=f"'{option}'") from None
     if len(data) > DEFAULT_MAX_BUNDLE_BYTES:
         raise ConfigError(f"{source}: larger than the limit of {DEFAULT_MAX_BUNDLE_BYTES} bytes for a trust bundle")
     return data
