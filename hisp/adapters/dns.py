@@ -7,14 +7,18 @@ failures into the error tree:
 * NXDOMAIN and NODATA are answers (RFC 2308), never errors;
 * SERVFAIL, REFUSED, timeouts and unreachable servers raise :class:`~hisp.errors.DiscoveryUnavailable`
   (transient: retry later);
-* an answer that cannot be parsed (over TCP; dnspython ignores malformed UDP datagrams and keeps waiting,
-  so over UDP it ends as a timeout) raises :class:`~hisp.errors.InputError` (the server's data is wrong
-  and will stay wrong until someone fixes it).
+* an answer that cannot be parsed raises :class:`~hisp.errors.InputError` at once (the server's data is
+  wrong and will stay wrong until someone fixes it). A UDP datagram that does not parse is not believed by
+  itself (anyone can send one to our port): the question is asked again over TCP, and the TCP answer is
+  final, so a malformed answer ends in two messages and milliseconds, not after the resolver's lifetime
+  (dnspython's own UDP path drops such datagrams and waits for a better one until the timeout).
 
 Truncated UDP answers are retried over TCP by the resolver (CD-5, DCDT D14); every DNS message sent is
 counted, and the transport of the final answer recorded, through a counting name-server wrapper. With
 ``require_dnssec`` the queries carry the AD bit (RFC 6840 section 5.7) and the answers' AD bit is
-recorded: use it only with a validating resolver you reach over a trusted path.
+recorded (the plan refuses CERT and SRV answers without it); the A/AAAA answers for SRV targets must carry it
+too, or :meth:`DnsClient.addresses` refuses the target. Use it only with a validating resolver you reach
+over a trusted path (a stub cannot check the AD bit itself: RFC 4035 section 4.9.3).
 
 Bounds: the resolver's ``lifetime`` caps the time of one query, retries and TCP fallback included; a DNS
 message is at most 65535 bytes (RFC 1035 section 4.2.2); the records used per answer are capped by the
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dns.asyncbackend
+import dns.asyncquery
 import dns.asyncresolver
 import dns.exception
 import dns.flags
@@ -61,7 +66,11 @@ _COUNTER: contextvars.ContextVar[_Counter | None] = contextvars.ContextVar("hisp
 
 
 class _CountingNameserver(dns.nameserver.Do53Nameserver):
-    """A plain DNS (port 53 style) server that counts the messages sent to it in the current task."""
+    """A plain DNS (port 53 style) server that counts the messages sent to it in the current task.
+
+    Over UDP a response that does not parse is not dropped (dnspython's default, which then waits out the
+    timeout): the question is asked again over TCP, whose answer (or parse error) is final.
+    """
 
     async def async_query(
         self,
@@ -78,20 +87,43 @@ class _CountingNameserver(dns.nameserver.Do53Nameserver):
         if counter is not None:
             counter.messages += 1
             counter.tcp = bool(max_size)
-        return await super().async_query(
-            request, timeout, source, source_port, max_size, backend, one_rr_per_rrset, ignore_trailing
-        )
+        if max_size:
+            return await super().async_query(
+                request, timeout, source, source_port, max_size, backend, one_rr_per_rrset, ignore_trailing
+            )
+        try:
+            return await dns.asyncquery.udp(
+                request, self.address, timeout=timeout, port=self.port, source=source, source_port=source_port,
+                raise_on_truncation=True, backend=backend, one_rr_per_rrset=one_rr_per_rrset,
+                ignore_trailing=ignore_trailing, ignore_errors=False, ignore_unexpected=True,
+            )
+        except (dns.exception.Timeout, dns.message.Truncated, OSError):
+            raise  # the resolver retries, or falls back to TCP after a truncated answer (CD-5)
+        except Exception:  # dnspython raises FormError, EOFError, ValueError ... for a message that does not parse
+            # a datagram that does not parse may be anyone's: ask over TCP, whose answer is final either way
+            if counter is not None:
+                counter.messages += 1
+                counter.tcp = True
+            return await dns.asyncquery.tcp(
+                request, self.address, timeout=timeout, port=self.port, source=source, source_port=source_port,
+                backend=backend, one_rr_per_rrset=one_rr_per_rrset, ignore_trailing=ignore_trailing,
+            )
 
 
 @dataclass(frozen=True)
 class AddressAnswer:
     """The addresses of a host, and how many DNS messages it took.
 
-    Spec: RFC 1035 (A), RFC 3596 (AAAA).
+    :ivar addresses: the IP addresses.
+    :ivar messages: DNS messages sent.
+    :ivar authenticated: whether the answer carried the AD bit (None: an IP literal, nothing asked).
+
+    Spec: RFC 1035 (A), RFC 3596 (AAAA); RFC 4035 section 3.2.3 (AD).
     """
 
     addresses: tuple[str, ...]
     messages: int
+    authenticated: bool | None = None
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -179,6 +211,8 @@ class DnsClient:
         if require_dnssec:
             resolver.flags = dns.flags.RD | dns.flags.AD
         self.server = server
+        self.timeout = timeout
+        self.lifetime = lifetime
         self.require_dnssec = require_dnssec
         self.max_records = max_records
         self.max_addresses = max_addresses
@@ -206,9 +240,11 @@ class DnsClient:
                 ), None
             except dns.resolver.NoNameservers as exc:
                 errors = exc.kwargs.get("errors", [])
-                if any(_is_parse_error(error[3]) for error in errors):
+                malformed = [error[3] for error in errors if _is_parse_error(error[3])]
+                if malformed:
                     raise InputError(
-                        f"{label}: malformed answer from {self.describe()}", name=name, messages=counter.messages
+                        f"{label}: malformed answer from {self.describe()}: {_short(malformed[-1])}",
+                        name=name, messages=counter.messages,
                     ) from None
                 raise DiscoveryUnavailable(
                     f"{label}: no server answered ({_short(exc)})", name=name, messages=counter.messages
@@ -283,10 +319,16 @@ class DnsClient:
 
         :param host: a host name (an SRV target) or an IP address.
         :returns: at most :attr:`max_addresses` addresses and the messages spent.
-        :raises DiscoveryUnavailable: SERVFAIL, timeout ... (transient).
-        :raises InputError: the name does not exist or has no address, or the answer is malformed.
+        With :attr:`require_dnssec`, an answer (address, NXDOMAIN or NODATA) without the AD bit is refused: an
+        unauthenticated address would let a forged A record redirect the LDAP search that the authenticated
+        SRV record pointed to.
 
-        Spec: RFC 1035 (A); RFC 3596 (AAAA); RFC 2782 (the target must have an address record).
+        :raises DiscoveryUnavailable: SERVFAIL, timeout ... (transient).
+        :raises InputError: the name does not exist or has no address, the answer is malformed, or DNSSEC is
+            required and the answer is not authenticated (context ``dnssec=True``).
+
+        Spec: RFC 1035 (A); RFC 3596 (AAAA); RFC 2782 (the target must have an address record); RFC 4035
+        section 3.2.3 (AD).
         """
         if _is_ip(host.rstrip(".")):
             return AddressAnswer((host.rstrip("."),), 0)
@@ -295,11 +337,19 @@ class DnsClient:
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             answer, rrset = await self._resolve(name, rdtype)
             messages += answer.messages
+            if self.require_dnssec and not answer.authenticated:
+                kind = dns.rdatatype.to_text(rdtype)
+                if answer.status is not DnsStatus.ANSWER:
+                    kind += f" ({answer.status.value})"
+                raise InputError(
+                    f"{host}: DNSSEC required: the {kind} answer is not authenticated (AD bit clear)",
+                    host=host, messages=messages, dnssec=True,
+                )
             if answer.status is DnsStatus.NXDOMAIN:
                 raise InputError(f"{host}: no such host name (NXDOMAIN)", host=host, messages=messages)
             if rrset is not None:
                 found = tuple(rd.address for rd in list(rrset)[: self.max_addresses])
-                return AddressAnswer(found, messages)
+                return AddressAnswer(found, messages, answer.authenticated)
         raise InputError(f"{host}: no A or AAAA record", host=host, messages=messages)
 
 
