@@ -6,7 +6,9 @@ the revocation mode, policy preset and clock-skew allowance per domain; and the 
 (CD-11): each health domain with its addresses, its certificates (files, binding, where each is published in
 DNS and/or LDAP) and more DNS records, with the ``[dns]`` and ``[ldap]`` publication settings; and the
 **gateway** part (issue 5): ``[node]``, ``[[user]]`` edge users, delivery endpoints per domain and address,
-``[listeners.submission]`` and ``[listeners.backbone]``, ``[relay]``, ``[storage]``, ``[queue]`` and ``[limits]``.
+``[listeners.submission]`` and ``[listeners.backbone]``, ``[relay]``, ``[storage]``, ``[queue]`` and ``[limits]``;
+and the **discovery** part (issue 4): ``[discovery]`` cache times, DNSSEC, and ``[[discovery.local]]`` partner
+certificates reached without discovery.
 
 Example::
 
@@ -129,6 +131,16 @@ Example::
     consume_processed = false    # true: processed MDNs are recorded, not forwarded to the edge
     scan_interval = 30           # seconds between scans for tracked messages past their deadline
 
+    [discovery]                  # finding the certificates of recipients elsewhere (CD-1 .. CD-10)
+    require_dnssec = false       # true: DNS answers need the AD bit (only behind a validating resolver)
+    ldap_ttl = 3600              # seconds LDAP-found certificates are cached (LDAP has no TTL)
+    negative_ttl = 300           # seconds a "not found" is cached
+    cache_size = 10000           # results kept in memory per process (least recently used dropped first)
+
+    [[discovery.local]]          # a partner reached without discovery: consulted before DNS and LDAP
+    address = "dr.b@direct.partner.example"   # or domain = "direct.partner.example" (an address wins)
+    file = "certs/partner.pem"   # PEM or DER, one or more certificates; still validated against the anchors
+
 Certificate files are read and checked when the configuration is loaded: a certificate's subjectAltName
 must name its address (rfc822Name) or domain (dNSName). PKCS#12 files are checked when used, since their
 passphrase comes from the environment or a file.
@@ -169,6 +181,7 @@ __all__ = [
     "CertificateConfig",
     "Config",
     "Direction",
+    "DiscoveryConfig",
     "DnsConfig",
     "DnsRecordConfig",
     "DomainTrustConfig",
@@ -178,6 +191,7 @@ __all__ = [
     "LimitsConfig",
     "ListenerConfig",
     "ListenersConfig",
+    "LocalCertificateConfig",
     "NodeConfig",
     "NotificationsConfig",
     "Passphrase",
@@ -301,6 +315,7 @@ class Config:
     :ivar queue: retry schedule, leases, workers.
     :ivar limits: the listeners' default limits.
     :ivar notifications: MDN and DSN behaviour and the tracking timeout.
+    :ivar discovery: certificate discovery: cache times and size, DNSSEC, local partner certificates.
     """
 
     path: Path
@@ -316,6 +331,7 @@ class Config:
     queue: QueueConfig = field(default_factory=lambda: QueueConfig(), repr=False)
     limits: LimitsConfig = field(default_factory=lambda: LimitsConfig(), repr=False)
     notifications: NotificationsConfig = field(default_factory=lambda: NotificationsConfig(), repr=False)
+    discovery: DiscoveryConfig = field(default_factory=lambda: DiscoveryConfig(), repr=False)
 
     def hosted_domain(self, domain: HealthDomain) -> HostedDomainConfig | None:
         """The hosted domain's configuration, or None when ``domain`` is not hosted here."""
@@ -922,7 +938,7 @@ def _domains(top: _Reader, dns_config: DnsConfig) -> tuple[HostedDomainConfig, .
 _TOP_LEVEL_TABLES = frozenset(
     {
         "trust", "dns", "ldap", "domain", "node", "user", "limits", "listeners", "relay", "storage", "queue",
-        "notifications",
+        "notifications", "discovery",
     }
 )
 
@@ -966,10 +982,12 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
     storage = _storage(_Reader(source, top.get("storage", dict, {}), "storage", base))
     queue = _queue(_Reader(source, top.get("queue", dict, {}), "queue", base))
     notifications = _notifications(_Reader(source, top.get("notifications", dict, {}), "notifications", base))
+    discovery = _discovery(_Reader(source, top.get("discovery", dict, {}), "discovery", base))
     top.finish()
     return Config(
         path=Path(source), trust=trust, domains=domains, dns=dns_config, ldap=ldap_config, node=node, users=users,
         listeners=listeners, relay=relay, storage=storage, queue=queue, limits=limits, notifications=notifications,
+        discovery=discovery,
     )
 
 
@@ -1354,6 +1372,142 @@ def _notifications(reader: _Reader) -> NotificationsConfig:
     scan = _seconds(reader, "scan_interval", 30.0, 0.01, 3600.0)
     reader.finish()
     return NotificationsConfig(send_mdn, timeout, consume, scan)
+
+
+# -- certificate discovery: [discovery] and [[discovery.local]] (issue 4) ---------------------------------
+
+#: Longest cache time accepted for discovery results (seconds): the plan caps every TTL at a day anyway.
+MAX_DISCOVERY_TTL = 86400
+#: Most discovery results one process may be told to keep.
+MAX_DISCOVERY_CACHE = 1_000_000
+#: Largest local certificate file read (bytes): a certificate and its chain are a few KiB.
+MAX_LOCAL_CERTIFICATE_FILE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LocalCertificateConfig:
+    """Certificates of a partner reached without discovery (``[[discovery.local]]``): read when loaded.
+
+    Exactly one of :attr:`address` and :attr:`domain` is set. The certificates are consulted before DNS and
+    LDAP for that address (or every address of that domain; an address's own entry wins over its domain's)
+    and are still judged by the sender domain's outgoing anchors like any discovered certificate.
+
+    :ivar address: the partner address, or None.
+    :ivar domain: the partner domain, or None.
+    :ivar file: the certificate file (PEM or DER; one or more certificates, CA certificates offered as
+        intermediates).
+    :ivar certificates: the certificates it holds, in file order.
+    :ivar config_key: its table, e.g. ``"discovery.local[0]"``.
+
+    Spec: issue 4 ("a local store ... is consulted first"); CD-10 ("bootstrap store"); AS-20.
+    """
+
+    address: DirectAddress | None
+    domain: HealthDomain | None
+    file: Path
+    certificates: tuple[Certificate, ...] = field(repr=False)
+    config_key: str = field(default="discovery.local", compare=False)
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Certificate discovery settings (``[discovery]``).
+
+    :ivar require_dnssec: DNS answers (CERT, SRV, and the A/AAAA of SRV targets) must carry the AD bit; only
+        behind a validating resolver reached over a trusted path (``[relay] dns_server``).
+    :ivar ldap_ttl: seconds a result found through LDAP is cached (LDAP has no TTL; the SRV TTL still caps it).
+    :ivar negative_ttl: seconds a "not found" result is cached (DNS negative TTLs below it win).
+    :ivar cache_size: most results kept in memory by one process (least recently used dropped first); with
+        ``hisp serve --workers N`` each of the N processes keeps its own.
+    :ivar local: partner certificates reached without discovery.
+
+    Spec: CD-10 (cache for the TTL); issue 4 (DNSSEC optional, local store, negative caching).
+    """
+
+    require_dnssec: bool = False
+    ldap_ttl: int = 3600
+    negative_ttl: int = 300
+    cache_size: int = 10_000
+    local: tuple[LocalCertificateConfig, ...] = ()
+
+
+def _discovery_ttl(reader: _Reader, key: str, default: int) -> int:
+    value = reader.get(key, int, default, what="a number of seconds")
+    if not 0 <= value <= MAX_DISCOVERY_TTL:
+        raise reader.error(key, f"must be between 0 and {MAX_DISCOVERY_TTL} seconds (0: not cached)")
+    return int(value)
+
+
+def _local_certificates(sub: _Reader) -> LocalCertificateConfig:
+    address_text = sub.get("address", str, None)
+    domain_text = sub.get("domain", str, None)
+    if (address_text is None) == (domain_text is None):
+        raise sub.error("address", "give either address = ... or domain = ... (one of them)")
+    address: DirectAddress | None = None
+    domain: HealthDomain | None = None
+    try:
+        if address_text is not None:
+            address = DirectAddress.parse(address_text)
+        else:
+            domain = HealthDomain.parse(domain_text)
+    except AddressError as exc:
+        raise sub.error("address" if address_text is not None else "domain", exc.message) from None
+    file = sub.path("file")
+    assert file is not None
+    try:
+        if file.stat().st_size > MAX_LOCAL_CERTIFICATE_FILE:
+            raise sub.error("file", f"{file} is larger than {MAX_LOCAL_CERTIFICATE_FILE} bytes")
+        data = file.read_bytes()
+    except OSError as exc:
+        raise sub.error("file", f"cannot read {file}: {exc.strerror}") from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise sub.error("file", f"cannot read {file}: {exc}") from None
+    try:
+        certificates = tuple(load_certificates(data))
+    except CertificateError as exc:
+        raise sub.error("file", f"{file}: not a certificate: {exc.message}") from None
+    leaves = [c for c in certificates if not c.is_ca]
+    if not leaves:
+        raise sub.error("file", f"{file} holds only CA certificates: give the partner's own certificate")
+    for cert in leaves:
+        if address is not None:
+            bound = cert.binding_for(address) is not None
+            wanted = f"rfc822Name {address} or dNSName {address.domain}"
+        else:
+            assert domain is not None
+            bound = domain.name.casefold() in {n.strip().rstrip(".").casefold() for n in cert.dns_names} or any(
+                n.strip().casefold().rpartition("@")[2] == domain.name.casefold() for n in cert.rfc822_names
+            )
+            wanted = f"dNSName {domain} or an rfc822Name at {domain}"
+        if not bound:
+            names = ", ".join([*cert.rfc822_names, *cert.dns_names]) or "none"
+            raise sub.error(
+                "file", f"{cert.describe()} is not bound to {address or domain}: its subjectAltName lacks {wanted} "
+                f"(it names: {names}; AS-2, AS-3)",
+            )
+    sub.finish()
+    return LocalCertificateConfig(address, domain, file, certificates, sub.prefix)
+
+
+def _discovery(reader: _Reader) -> DiscoveryConfig:
+    require_dnssec = reader.get("require_dnssec", bool, False, what="true or false")
+    ldap_ttl = _discovery_ttl(reader, "ldap_ttl", 3600)
+    negative_ttl = _discovery_ttl(reader, "negative_ttl", 300)
+    cache_size = reader.get("cache_size", int, 10_000, what="an integer")
+    if not 1 <= cache_size <= MAX_DISCOVERY_CACHE:
+        raise reader.error("cache_size", f"must be between 1 and {MAX_DISCOVERY_CACHE} results")
+    local: list[LocalCertificateConfig] = []
+    seen: dict[DirectAddress | HealthDomain, str] = {}
+    for sub in _tables(reader, "local"):
+        entry = _local_certificates(sub)
+        key: DirectAddress | HealthDomain | None = entry.address if entry.address is not None else entry.domain
+        assert key is not None
+        if key in seen:
+            raise sub.error("address" if entry.address else "domain", f"{key} is already configured in {seen[key]}")
+        seen[key] = sub.prefix
+        local.append(entry)
+    reader.finish()
+    return DiscoveryConfig(require_dnssec, ldap_ttl, negative_ttl, int(cache_size), tuple(local))
 
 
 def load_config(path: str | Path) -> Config:

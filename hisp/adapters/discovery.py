@@ -7,10 +7,19 @@ bounded HTTP fetch (IPKIX/URI records) and the agent's ``RecipientTrust`` seam, 
 :class:`~hisp.errors.CertificateNotFound` (permanent) or :class:`~hisp.errors.DiscoveryUnavailable`
 (transient) when there is nothing to encrypt to, with the result in the error's ``context["result"]``.
 
-Configured certificates (:class:`LocalCertificates`) are consulted first for their address or domain.
-Results are cached (:class:`DiscoveryCache`) for the TTL the plan computed: the DNS TTL, the configured LDAP
-TTL, a shorter one for "not found", never for "unavailable" (CD-10). A cached result is not used once a
-chosen certificate has expired. The cache is per process; clear it when the trust configuration changes.
+Configured certificates (:class:`LocalCertificates`, ``[[discovery.local]]``) are consulted first for their
+address or domain. Results are cached (:class:`DiscoveryCache`) for the TTL the plan computed: the DNS TTL,
+the configured LDAP TTL (``[discovery] ldap_ttl``), a shorter one for "not found" (``negative_ttl``), never
+for "unavailable" (CD-10). A cached result is not used once a chosen certificate has expired.
+
+The gateway uses :class:`SenderDiscovery`, built from ``[discovery]`` by :func:`discovery_from_config` and
+:func:`dns_from_config`. Its cache is **in memory, per process, bounded**: at most ``[discovery] cache_size``
+results (default 10 000; least recently used dropped first) for all sender domains of the process together.
+``hisp serve --workers N`` runs N processes, so a node holds up to N caches of that size, and a recipient may
+be looked up once per process before every process has it cached; nothing is shared between processes or
+nodes, and nothing is written to the database. Verdicts depend on the trust anchors:
+:meth:`SenderDiscovery.clear` (or :meth:`SenderDiscovery.reload`) must be called when the trust configuration
+is reloaded (SIGHUP), or verdicts made with the old anchors would be served for up to their TTL (a day at most).
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from hisp.adapters import http
 from hisp.adapters.dns import DnsClient
@@ -57,7 +67,18 @@ from hisp.errors import (
     TrustError,
 )
 
-__all__ = ["CertificateDiscovery", "DiscoveryCache", "LocalCertificates"]
+if TYPE_CHECKING:  # hisp.config pulls in the SMTP adapters: not needed at run time here
+    from hisp.config import DiscoveryConfig, LocalCertificateConfig
+
+__all__ = [
+    "CertificateDiscovery",
+    "DiscoveryCache",
+    "LocalCertificates",
+    "SenderDiscovery",
+    "discovery_from_config",
+    "discovery_limits",
+    "dns_from_config",
+]
 
 #: Largest certificate fetched for an IPKIX/URI record (bytes): a certificate is a few KiB.
 MAX_FETCH_BYTES = 64 * 1024
@@ -82,12 +103,34 @@ class LocalCertificates:
         """The configured certificates for ``address`` (its own, else its domain's, else none)."""
         return tuple(self.by_address.get(address) or self.by_domain.get(address.domain) or ())
 
+    @classmethod
+    def from_config(cls, entries: Iterable[LocalCertificateConfig]) -> LocalCertificates:
+        """The store of the ``[[discovery.local]]`` entries (already read and checked by the configuration).
+
+        :param entries: the entries, each for one address or one domain.
+        :returns: the store.
+
+        Spec: issue 4 (local store consulted first; an address's entry wins over its domain's).
+        """
+        by_address: dict[DirectAddress, tuple[Certificate, ...]] = {}
+        by_domain: dict[HealthDomain, tuple[Certificate, ...]] = {}
+        for entry in entries:
+            if entry.address is not None:
+                by_address[entry.address] = by_address.get(entry.address, ()) + entry.certificates
+            elif entry.domain is not None:
+                by_domain[entry.domain] = by_domain.get(entry.domain, ()) + entry.certificates
+        return cls(by_address, by_domain)
+
 
 class DiscoveryCache:
-    """Discovery results by address, each until its TTL runs out; bounded, thread- and task-safe.
+    """Discovery results by (scope, address), each until its TTL runs out; bounded, thread- and task-safe.
 
-    :param max_entries: most results kept; the least recently used goes first.
+    The scope separates results judged against different anchors (the gateway uses the sender's domain: two
+    hosted domains may trust different anchors, AS-21) while one bound covers them all.
+
+    :param max_entries: most results kept, all scopes together; the least recently used goes first.
     :param clock: monotonic seconds (injected in tests).
+    :raises ConfigError: ``max_entries`` is below 1.
 
     Spec: CD-10.
     """
@@ -97,40 +140,51 @@ class DiscoveryCache:
             raise ConfigError("the discovery cache needs room for at least one entry")
         self.max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[DirectAddress, tuple[float, DiscoveryResult]] = OrderedDict()
+        self._entries: OrderedDict[tuple[Hashable, DirectAddress], tuple[float, DiscoveryResult]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
-    def get(self, address: DirectAddress, at: datetime) -> DiscoveryResult | None:
+    def get(self, address: DirectAddress, at: datetime, *, scope: Hashable = None) -> DiscoveryResult | None:
         """The cached result for ``address``, unless expired or a chosen certificate expired by ``at``.
 
         :param address: the recipient.
         :param at: the time of the new lookup (aware).
+        :param scope: whose result (e.g. the sender's domain); None for the one scope of a plain cache.
         :returns: the result marked ``from_cache``, or None.
+
+        Spec: CD-10.
         """
         now = self._clock()
+        key = (scope, address)
         with self._lock:
-            entry = self._entries.get(address)
+            entry = self._entries.get(key)
             if entry is None:
                 return None
             expires, result = entry
             if now >= expires or any(c.not_after < at for c in result.chosen):
-                del self._entries[address]
+                del self._entries[key]
                 return None
-            self._entries.move_to_end(address)
+            self._entries.move_to_end(key)
         return dataclasses.replace(result, from_cache=True)
 
-    def put(self, result: DiscoveryResult) -> None:
-        """Keep ``result`` for ``result.ttl`` seconds (not at all when 0 or unavailable)."""
+    def put(self, result: DiscoveryResult, *, scope: Hashable = None) -> None:
+        """Keep ``result`` for ``result.ttl`` seconds (not at all when 0 or unavailable).
+
+        :param result: the result of a lookup.
+        :param scope: whose result (see :meth:`get`).
+
+        Spec: CD-10 (cache for the TTL); DESIGN.md section 4 (unavailable is transient: never cached).
+        """
         if result.ttl <= 0 or result.outcome is Outcome.UNAVAILABLE:
             return
         expires = self._clock() + result.ttl
+        key = (scope, result.address)
         with self._lock:
-            self._entries[result.address] = (expires, result)
-            self._entries.move_to_end(result.address)
+            self._entries[key] = (expires, result)
+            self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
@@ -152,6 +206,7 @@ class CertificateDiscovery:
     :param policy: the security policy for path validation.
     :param local: configured certificates, consulted first.
     :param cache: the result cache; None disables caching.
+    :param cache_scope: the scope of this discovery's results in ``cache`` (see :class:`DiscoveryCache`).
     :param limits: the plan's bounds.
     :param budget: seconds one lookup may take in all; past it the lookup ends as unavailable.
     :param fetch_timeout: seconds for one IPKIX/URI fetch.
@@ -169,6 +224,7 @@ class CertificateDiscovery:
         policy: SecurityPolicy = DEFAULT_POLICY,
         local: LocalCertificates | None = None,
         cache: DiscoveryCache | None = None,
+        cache_scope: Hashable = None,
         limits: DiscoveryLimits | None = None,
         budget: float = 30.0,
         fetch_timeout: float = 5.0,
@@ -182,6 +238,7 @@ class CertificateDiscovery:
         self.policy = policy
         self.local = local or LocalCertificates()
         self.cache = cache
+        self.cache_scope = cache_scope
         self.limits = limits or DiscoveryLimits()
         self.budget = budget
         self.fetch_timeout = fetch_timeout
@@ -220,7 +277,7 @@ class CertificateDiscovery:
         """
         recipient = address if isinstance(address, DirectAddress) else DirectAddress.parse(address)
         if self.cache is not None:
-            cached = self.cache.get(recipient, at)
+            cached = self.cache.get(recipient, at, scope=self.cache_scope)
             if cached is not None:
                 return cached
         plan = DiscoveryPlan(
@@ -242,7 +299,7 @@ class CertificateDiscovery:
                 plan.receive(answer)
         result = plan.result()
         if self.cache is not None:
-            self.cache.put(result)
+            self.cache.put(result, scope=self.cache_scope)
         return result
 
     async def _answer(self, step: Step, address: DirectAddress, at: datetime, session: LdapSession) -> Answer:
@@ -288,3 +345,153 @@ class CertificateDiscovery:
             )
         return Verdicts(tuple(items))
 
+
+
+# -- from the configuration ([discovery]) ----------------------------------------------------------------
+
+
+def discovery_limits(config: DiscoveryConfig, base: DiscoveryLimits | None = None) -> DiscoveryLimits:
+    """The plan's bounds with the configured cache times (``ldap_ttl``, ``negative_ttl``).
+
+    :param config: the ``[discovery]`` section.
+    :param base: the other bounds (default :class:`~hisp.core.discovery.DiscoveryLimits`).
+    :returns: the limits.
+
+    Spec: CD-10.
+    """
+    return dataclasses.replace(base or DiscoveryLimits(), ldap_ttl=config.ldap_ttl, negative_ttl=config.negative_ttl)
+
+
+def dns_from_config(
+    config: DiscoveryConfig, server: tuple[str, int] | None, *, timeout: float = 2.0, lifetime: float = 5.0
+) -> DnsClient:
+    """The DNS client of discovery: ``server`` (``[relay] dns_server``, None: the system resolver) and DNSSEC.
+
+    :param config: the ``[discovery]`` section (``require_dnssec``).
+    :param server: ``(ip, port)`` or None.
+    :param timeout: seconds per DNS message.
+    :param lifetime: seconds per query, retries and TCP included.
+    :returns: the client.
+    :raises ConfigError: as :class:`~hisp.adapters.dns.DnsClient`.
+
+    Spec: RFC 4035 section 3.2.3 (AD); issue 4 (optional DNSSEC).
+    """
+    return DnsClient(server, timeout=timeout, lifetime=lifetime, require_dnssec=config.require_dnssec)
+
+
+def discovery_from_config(
+    config: DiscoveryConfig,
+    *,
+    dns: DnsClient,
+    trust: RecipientTrust,
+    policy: SecurityPolicy = DEFAULT_POLICY,
+    cache: DiscoveryCache | None = None,
+    cache_scope: Hashable = None,
+    ldap: LdapClient | None = None,
+    fetcher: Fetcher | None = None,
+) -> CertificateDiscovery:
+    """A :class:`CertificateDiscovery` with the configured local store and cache times.
+
+    :param config: the ``[discovery]`` section.
+    :param dns: the DNS client (see :func:`dns_from_config`; its ``require_dnssec`` applies).
+    :param trust: the trust seam judging every certificate, the local ones included.
+    :param policy: the security policy for path validation.
+    :param cache: the result cache (None: no caching).
+    :param cache_scope: the scope of the results in ``cache``.
+    :param ldap: the LDAP client (default: one on ``dns``).
+    :param fetcher: ``url -> bytes`` for IPKIX/URI records (default: bounded HTTP).
+    :returns: the discovery.
+
+    Spec: CD-1 .. CD-10; issue 4 (local store, TTLs).
+    """
+    return CertificateDiscovery(
+        dns=dns, trust=trust, ldap=ldap, policy=policy, local=LocalCertificates.from_config(config.local),
+        cache=cache, cache_scope=cache_scope, limits=discovery_limits(config), fetcher=fetcher,
+    )
+
+
+class SenderDiscovery:
+    """:class:`hisp.ports.CertificateSource` for the gateway: discovery judged against the sender's anchors.
+
+    One bounded in-memory :class:`DiscoveryCache` of ``[discovery] cache_size`` results for the whole process,
+    scoped by sender domain (two hosted domains may trust different anchors, AS-21). See the module notes for
+    what ``hisp serve --workers N`` means for it.
+
+    :param config: the ``[discovery]`` section.
+    :param dns: the DNS client (see :func:`dns_from_config`).
+    :param trust_for: the trust seam of a sender domain (outgoing anchors), asked at every lookup.
+    :param policy: the security policy for path validation.
+    :param ldap: the LDAP client (default: one on ``dns``).
+    :param clock: monotonic seconds for the cache (injected in tests).
+
+    Spec: CD-1 .. CD-10; AS-21 (outgoing anchors per domain).
+    """
+
+    def __init__(
+        self,
+        config: DiscoveryConfig,
+        *,
+        dns: DnsClient,
+        trust_for: Callable[[HealthDomain], RecipientTrust],
+        policy: SecurityPolicy = DEFAULT_POLICY,
+        ldap: LdapClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.dns = dns
+        self.ldap = ldap or LdapClient(dns)
+        self.trust_for = trust_for
+        self.policy = policy
+        self.cache = DiscoveryCache(config.cache_size, clock=clock)
+        self._clock = clock
+        self._local = LocalCertificates.from_config(config.local)
+        self._limits = discovery_limits(config)
+
+    def discovery(self, sender: HealthDomain) -> CertificateDiscovery:
+        """The discovery for messages from ``sender``'s domain (its anchors, the shared cache in its scope).
+
+        :param sender: the sender's health domain.
+        :returns: the discovery.
+        """
+        return CertificateDiscovery(
+            dns=self.dns, ldap=self.ldap, trust=self.trust_for(sender), policy=self.policy, local=self._local,
+            cache=self.cache, cache_scope=sender, limits=self._limits,
+        )
+
+    async def discover(self, sender: HealthDomain, address: DirectAddress, *, at: datetime) -> DiscoveryResult:
+        """See :meth:`hisp.ports.CertificateSource.discover`.
+
+        :raises CertificateNotFound: nothing valid is published (permanent, CD-9).
+        :raises DiscoveryUnavailable: a server did not answer (transient).
+        """
+        return await self.discovery(sender).discover(address, at=at)
+
+    def clear(self) -> None:
+        """Forget every cached result: call it when the trust configuration is reloaded (SIGHUP).
+
+        Spec: AS-20 (every certificate judged against the anchors in force).
+        """
+        self.cache.clear()
+
+    def reload(self, config: DiscoveryConfig) -> None:
+        """Use a new ``[discovery]`` section (local certificates, cache times, DNSSEC) and clear the cache.
+
+        The cache keeps its size unless ``cache_size`` changed (then a new, empty one is made).
+
+        :param config: the new section, already loaded (validated).
+        :raises ConfigError: as :class:`~hisp.adapters.dns.DnsClient` when DNSSEC changed.
+
+        Spec: CD-10; issue 4.
+        """
+        if config.require_dnssec != self.dns.require_dnssec:
+            self.dns = DnsClient(
+                self.dns.server, timeout=self.dns.timeout, lifetime=self.dns.lifetime,
+                require_dnssec=config.require_dnssec,
+            )
+            self.ldap = LdapClient(self.dns, self.ldap.settings)
+        self._local = LocalCertificates.from_config(config.local)
+        self._limits = discovery_limits(config)
+        if config.cache_size != self.cache.max_entries:
+            self.cache = DiscoveryCache(config.cache_size, clock=self._clock)
+        self.config = config
+        self.clear()
