@@ -3,6 +3,10 @@
 Exit status: 0 when at least one usable certificate was found, 1 when the recipient is undeliverable or a
 server did not answer (the reason on stderr), 2 on usage errors (click's convention).
 
+``--local FILE`` gives the partner's certificates as the gateway's ``[[discovery.local]]`` does: they are
+consulted before DNS and LDAP and judged against the anchors like discovered ones. ``--require-dnssec`` refuses
+DNS answers (CERT, SRV, and the A/AAAA of SRV targets) without the AD bit, as ``[discovery] require_dnssec``.
+
 Spec: CD-1 .. CD-10; issue 4 ("The command").
 """
 
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 
 import click
 
-from hisp.adapters.discovery import CertificateDiscovery
+from hisp.adapters.discovery import CertificateDiscovery, LocalCertificates
 from hisp.adapters.dns import DnsClient, parse_server
 from hisp.addresses import DirectAddress
 from hisp.commands.common import (
@@ -29,7 +33,7 @@ from hisp.commands.common import (
 )
 from hisp.core.agent import RecipientTrust, StaticAnchors
 from hisp.core.policy import policy_from_name
-from hisp.errors import AddressError, ConfigError, HispError
+from hisp.errors import AddressError, CertificateError, ConfigError, HispError
 
 __all__ = ["discover"]
 
@@ -80,7 +84,18 @@ def _server(value: str | None) -> tuple[str, int] | None:
 @policy_option("Security policy for path validation.")
 @at_option("time to validate at")
 @timeout_option("per DNS query, LDAP operation and HTTP fetch")
-@click.option("--require-dnssec", is_flag=True, help="Refuse DNS answers without the AD bit (validating resolver).")
+@click.option(
+    "--local",
+    "local_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The partner's certificates (PEM or DER), consulted before DNS and LDAP and still validated against the "
+    "anchors, as [[discovery.local]] (repeat for each file).",
+)
+@click.option(
+    "--require-dnssec", is_flag=True,
+    help="Refuse DNS answers (CERT, SRV, A/AAAA of SRV targets) without the AD bit (validating resolver).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--pem", "as_pem", is_flag=True, help="Print only the chosen certificates, PEM.")
 def discover(
@@ -91,6 +106,7 @@ def discover(
     policy_name: str,
     at_text: str | None,
     timeout: float,
+    local_paths: Sequence[str],
     require_dnssec: bool,
     as_json: bool,
     as_pem: bool,
@@ -111,13 +127,18 @@ def discover(
     server = _server(dns_server)
     policy = policy_from_name(policy_name)
     try:
+        local = tuple(c for path in local_paths for c in certificates_from(path, "--local"))
+    except (CertificateError, ConfigError) as exc:
+        raise click.BadParameter(exc.message, param_hint="--local") from None
+    try:
         anchors = [c for path in anchor_paths for c in certificates_from(path, "--anchor")] + [
             c for source in bundle_sources for c in bundle_anchors(source, timeout=timeout, at=at, policy=policy)
         ]
         dns = DnsClient(server, timeout=min(timeout, 2.0), lifetime=timeout, require_dnssec=require_dnssec)
         trust: RecipientTrust = StaticAnchors(tuple(anchors))
         discovery = CertificateDiscovery(
-            dns=dns, trust=trust, policy=policy, budget=max(30.0, 6 * timeout), fetch_timeout=timeout
+            dns=dns, trust=trust, policy=policy, budget=max(30.0, 6 * timeout), fetch_timeout=timeout,
+            local=LocalCertificates(by_address={recipient: local}) if local else None,
         )
         result = asyncio.run(discovery.lookup(recipient, at=at))
     except HispError as exc:

@@ -362,3 +362,35 @@ def test_cli_without_anchors_is_a_usage_error(world: World) -> None:
     result = CliRunner().invoke(main, ["discover", f"d1@{D1}", "--dns-server", server, "--at", AT.isoformat()])
     assert result.exit_code == 2
     assert "give at least one --anchor or --bundle" in result.output
+
+
+def test_cli_require_dnssec_refuses_a_non_validating_server(world: World, tmp_path: Path) -> None:
+    """Our loopback named does not validate (``dnssec-validation no``, unsigned zone): no answer carries AD."""
+    plain = _cli(world, tmp_path, f"d1@{D1}", "--pem")
+    assert plain.exit_code == 0, plain.stderr
+    result = _cli(world, tmp_path, f"d1@{D1}", "--require-dnssec")
+    assert result.exit_code == 1
+    assert "undeliverable" in result.stderr and "DNSSEC required" in result.stderr
+    assert f"d1.{D1}." in result.stderr and "AD bit clear" in result.stderr
+    assert "DNSSEC (required): NOT authenticated" in result.stdout
+    data = json.loads(_cli(world, tmp_path, f"d1@{D1}", "--require-dnssec", "--json").stdout)
+    assert data["dnssec_required"] is True and data["authenticated"] is False and data["chosen"] == []
+    assert data["tiers"][1]["status"] == "not queried"  # the refusal ends the search
+
+
+def test_cli_local_certificates_come_first_and_are_judged(world: World, tmp_path: Path) -> None:
+    """``--local``: as ``[[discovery.local]]``; the expired certificate in DNS for d5 is never asked for."""
+    valid = world.pki.user(f"d5@{D1}").certificate
+    local = tmp_path / "d5.pem"
+    local.write_bytes(valid.to_pem())
+    result = _cli(world, tmp_path, f"d5@{D1}", "--local", str(local), "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["deciding_tier"] == "local" and data["queries"] == 0
+    assert [c["fingerprint_sha256"] for c in data["chosen"]] == [valid.fingerprint_sha256]
+    stranger = TestPKI(at=AT, name="Stranger CA").user(f"d5@{D1}").certificate
+    local.write_bytes(stranger.to_pem())
+    refused = _cli(world, tmp_path, f"d5@{D1}", "--local", str(local))
+    assert refused.exit_code == 1 and "undeliverable" in refused.stderr and "CD-8" in refused.stderr
+    local.write_bytes(b"not a certificate")
+    assert _cli(world, tmp_path, f"d5@{D1}", "--local", str(local)).exit_code == 2
