@@ -4,10 +4,17 @@ Our responder (``hisp dns serve``'s server) is asked by ``dig`` and dnspython; t
 loaded by BIND ``named`` and must answer the same; the ``hisp ldap ldif`` output is loaded by ``ldapadd`` into
 OpenLDAP ``slapd`` and found by an ldap3 search, as DCDT's hosting lookup does. Hostile input must leave the
 responder answering.
+
+H1-H4 are also run through our own discovery (:class:`~hisp.adapters.discovery.CertificateDiscovery` and
+``hisp discover``), the way a peer HISP finds us: ``named`` serves the ``hisp dns zone`` output of the hosted
+domain with its ``_ldap._tcp`` SRV record pointing at the test ``slapd`` (loaded with ``hisp ldap ldif``
+output), once as configured (certificates in DNS and LDAP: DNS decides, H1/H2) and once with the certificates
+published in LDAP only (H3/H4), so that the LDAP tiers decide.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -16,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dns.exception
@@ -27,13 +35,17 @@ import pytest
 from click.testing import CliRunner
 from conftest import AT
 
+from hisp.adapters.discovery import CertificateDiscovery
+from hisp.adapters.dns import DnsClient
+from hisp.adapters.ldap import LdapClient, LdapSettings
 from hisp.addresses import DirectAddress
 from hisp.cli import main
 from hisp.commands.publish import zones_from_config
 from hisp.config import load_config
-from hisp.core.certs import CertBinding, Certificate
+from hisp.core.certs import CertBinding, Certificate, load_certificates
+from hisp.core.discovery import DiscoveryResult, Outcome, Tier, TierStatus
 from hisp.core.publish import Zones
-from hisp.testing.bind import dns_query, run_dig, run_named
+from hisp.testing.bind import BindServer, dns_query, run_dig, run_named, start_named
 from hisp.testing.hosting import HostedDomain, write_hosted_domain
 from hisp.testing.pki import TestPKI
 from hisp.testing.responder import RunningResponder, run_responder
@@ -43,8 +55,13 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
-def hosted(tmp_path_factory: pytest.TempPathFactory) -> HostedDomain:
-    return write_hosted_domain(tmp_path_factory.mktemp("hosted"), TestPKI(AT))
+def pki() -> TestPKI:
+    return TestPKI(AT)
+
+
+@pytest.fixture(scope="module")
+def hosted(tmp_path_factory: pytest.TempPathFactory, pki: TestPKI) -> HostedDomain:
+    return write_hosted_domain(tmp_path_factory.mktemp("hosted"), pki)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +198,113 @@ def test_hosting_ldap(directory: SlapdServer, hosted: HostedDomain, case: str, m
     assert der == expected.der
     address = DirectAddress.parse(mail if "@" in mail else hosted.address("d3"))
     assert Certificate.from_der(der).binding_for(address) is binding
+
+
+# -- H1-H4 through our own discovery ---------------------------------------------------------------------
+
+
+@dataclass
+class Published:
+    """Two ``named`` serving ``hisp dns zone`` output: as configured, and with certificates in LDAP only."""
+
+    both: BindServer
+    ldap_only: BindServer
+    directory: SlapdServer
+
+
+def _variant(hosted: HostedDomain, name: str, port: int, *, ldap_only: bool) -> Path:
+    """The hosted configuration with ``_ldap._tcp`` pointing at the test slapd (``ldap.<domain>`` = loopback)."""
+    text = hosted.config_path.read_text()
+    srv = f'value = "0 100 389 ldap.{hosted.domain}."'
+    assert text.count(srv) == 1
+    text = text.replace(srv, f'value = "0 100 {port} ldap.{hosted.domain}."')
+    if ldap_only:
+        assert text.count('publish = ["dns", "ldap"]') == 2
+        text = text.replace('publish = ["dns", "ldap"]', 'publish = ["ldap"]')
+    text += '\n[[domain.record]]\nname = "ldap"\ntype = "A"\nvalue = "127.0.0.1"\n'
+    path = hosted.config_path.with_name(name)  # beside the original: the certificate paths are relative
+    path.write_text(text)
+    return path
+
+
+def _zone(hosted: HostedDomain, config: Path) -> str:
+    result = CliRunner().invoke(main, ["dns", "zone", "-c", str(config)], env=hosted.environ)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def published(hosted: HostedDomain, directory: SlapdServer) -> Iterator[Published]:
+    both_zone = _zone(hosted, _variant(hosted, "hisp-both.toml", directory.port, ldap_only=False))
+    ldap_zone = _zone(hosted, _variant(hosted, "hisp-ldap-only.toml", directory.port, ldap_only=True))
+    both = start_named({hosted.domain: both_zone})
+    try:
+        ldap_only = start_named({hosted.domain: ldap_zone})
+        try:
+            yield Published(both, ldap_only, directory)
+        finally:
+            ldap_only.stop()
+    finally:
+        both.stop()
+
+
+#: case -> (local part, which named, deciding tier, binding)
+HOSTING_CASES = {
+    "H1-address-bound-DNS": ("d1", "both", Tier.DNS_ADDRESS, CertBinding.ADDRESS),
+    "H2-domain-bound-DNS": ("d3", "both", Tier.DNS_DOMAIN, CertBinding.DOMAIN),
+    "H3-address-bound-LDAP": ("d1", "ldap_only", Tier.LDAP_ADDRESS, CertBinding.ADDRESS),
+    "H4-domain-bound-LDAP": ("d3", "ldap_only", Tier.LDAP_DOMAIN, CertBinding.DOMAIN),
+}
+
+
+def _expected(hosted: HostedDomain, binding: CertBinding) -> Certificate:
+    return hosted.address_certificate if binding is CertBinding.ADDRESS else hosted.domain_certificate
+
+
+@pytest.mark.parametrize(("local", "server", "tier", "binding"), list(HOSTING_CASES.values()), ids=list(HOSTING_CASES))
+def test_hosting_found_by_our_discovery(
+    published: Published, hosted: HostedDomain, pki: TestPKI, local: str, server: str, tier: Tier,
+    binding: CertBinding,
+) -> None:
+    named: BindServer = getattr(published, server)
+    dns = DnsClient(named.address, timeout=1.0, lifetime=3.0)
+    discovery = CertificateDiscovery(
+        dns=dns, ldap=LdapClient(dns, LdapSettings(connect_timeout=2.0, receive_timeout=2.0)), trust=pki.anchors
+    )
+    address = DirectAddress.parse(hosted.address(local))
+    result: DiscoveryResult = asyncio.run(discovery.lookup(address, at=AT))
+    expected = _expected(hosted, binding)
+    assert result.outcome is Outcome.FOUND, result.explain()
+    assert result.chosen == (expected,)
+    assert result.deciding_tier is tier
+    (report,) = [c for t in result.tiers for c in t.certificates]
+    assert report.chosen and report.binding is binding and report.certificate == expected
+    later = [t for t in result.tiers if list(Tier).index(t.tier) > list(Tier).index(tier)]
+    assert all(t.status is TierStatus.NOT_QUERIED for t in later)
+    if tier in (Tier.LDAP_ADDRESS, Tier.LDAP_DOMAIN):
+        # found through the published SRV record, at the test slapd's port
+        queries = " ".join(result.tier(tier).queries)  # type: ignore[union-attr]
+        assert f"ldap.{hosted.domain}.:{published.directory.port}" in queries
+        assert f"127.0.0.1:{published.directory.port}" in queries
+        for dns_tier in (Tier.DNS_ADDRESS, Tier.DNS_DOMAIN):
+            assert result.tier(dns_tier).status is TierStatus.EMPTY  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("local", "server", "tier", "binding"), list(HOSTING_CASES.values()), ids=list(HOSTING_CASES))
+def test_hosting_found_by_hisp_discover(
+    published: Published, hosted: HostedDomain, pki: TestPKI, tmp_path: Path, local: str, server: str, tier: Tier,
+    binding: CertBinding,
+) -> None:
+    named: BindServer = getattr(published, server)
+    anchor = tmp_path / "anchor.pem"
+    anchor.write_bytes(pki.ca.certificate.to_pem())
+    result = CliRunner().invoke(
+        main,
+        ["discover", hosted.address(local), "--dns-server", f"{named.host}:{named.port}", "--anchor", str(anchor),
+         "--at", AT.isoformat(), "--pem"],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert load_certificates(result.stdout.encode()) == [_expected(hosted, binding)]
 
 
 def _send_udp(host: str, port: int, payloads: list[bytes]) -> None:
