@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 from hisp.addresses import DirectAddress
 from hisp.core.agent import IncomingResult, OutgoingResult, SecurityAgent
 from hisp.core.certs import Certificate, Credential
+from hisp.core.evidence import accepted_line, refusal_evidence
 from hisp.core.mdn import Disposition, is_notification, requests_final_delivery
 from hisp.core.notify import (
     Notice,
@@ -202,7 +203,8 @@ def _short(certificate: Certificate) -> str:
 
 
 def _verdict(result: IncomingResult) -> str:
-    return f"trusted: signer {result.signer.subject}, anchor {result.path.anchor.subject}"
+    """The audit line of an accepted signer: certificate, chain, anchor and source, revocation, rule, warnings."""
+    return accepted_line(result.path, "signer")
 
 
 class Pipeline:
@@ -493,8 +495,10 @@ class Pipeline:
         self, mail_from: str, recipients: Sequence[str], remote: str, exc: HispError, now: datetime
     ) -> None:
         self._tell("rejected", f"{mail_from or '<>'} -> {', '.join(recipients)}: {exc.smtp_reply()}")
+        verdict, fingerprints = refusal_evidence(exc)  # AS-14, AS-20: which certificate, why, against what
         record = AuditRecord(
-            mail_from=mail_from, recipients=tuple(recipients), reason=exc.smtp_reply()[:500], remote=remote
+            mail_from=mail_from, recipients=tuple(recipients), fingerprints=fingerprints, verdict=verdict,
+            reason=exc.smtp_reply()[:500], remote=remote,
         )
         try:
             await self._run(self.audit.append, AuditKind.REJECT, now, node=self.node, record=record)
@@ -705,7 +709,7 @@ class Pipeline:
         self._tell("encrypted", f"{self.agent.policy.cipher.value} to {encrypted_to}")
         record = AuditRecord(
             fingerprints=_fingerprints((sealed.signer, *sealed.encrypted_to)),
-            verdict="; ".join(f"recipient trusted: anchor {p.anchor.subject}" for p in sealed.recipient_paths[:4]),
+            verdict=" | ".join(accepted_line(p, "recipient") for p in sealed.recipient_paths[:4]),
         )
         local = [a for a in sealed.recipients if self.hosting.is_hosted(a)]
         remote = [a for a in sealed.recipients if not self.hosting.is_hosted(a)]
