@@ -516,6 +516,192 @@ def _lift_content(data: bytes, expected: tuple[str, ...]) -> tuple[bytes, memory
     return b"".join(pieces), content
 
 
+# --------------------------------------------------------------------------------------------------------
+# Strict-DER fast paths for the fields verify and decrypt read
+# --------------------------------------------------------------------------------------------------------
+# asn1crypto builds an object for every element it is asked for, which costs more than the RSA operation of a
+# small message. What verify and decrypt read of a well-formed DER SignedData / EnvelopedData is a fixed set of
+# fields, so a walker reads exactly those for the one shape every sender writes: definite minimal lengths,
+# low tag numbers, the expected tag at every position, no optional element we do not read. Anything else
+# (BER, indefinite lengths, a tag out of place, originatorInfo, other RecipientInfo kinds, RSASSA-PSS, a value
+# asn1crypto would refuse) makes the walker give up and asn1crypto parse the input as before: the walker
+# accepts a subset of what asn1crypto accepts and returns the same values (tests/property/test_smime_der.py
+# compares the two on valid, random and mutated inputs). The shape is fixed, so nesting cannot go deep; every
+# length is checked against its parent's end; OIDs, names and times are decoded by asn1crypto itself
+# (remembered by their bytes, or cheap), so their meaning cannot differ.
+
+#: Most elements a walked SET or SEQUENCE may hold before the walker leaves the input to asn1crypto.
+_FAST_MAX_CHILDREN = 64
+
+
+def _der_tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the strict-DER element at ``buf[pos:end]``.
+
+    :raises _NotPlainDer: high tag number, indefinite or non-minimal length, or a length past ``end``.
+    """
+    if pos + 2 > end:
+        raise _NotPlainDer
+    tag = buf[pos]
+    if tag & 0x1F == 0x1F:
+        raise _NotPlainDer
+    first = buf[pos + 1]
+    if first < 0x80:
+        start = pos + 2
+        length = first
+    else:
+        count = first - 0x80
+        start = pos + 2 + count
+        if count == 0 or count > 4 or start > end or buf[pos + 2] == 0:
+            raise _NotPlainDer  # indefinite, absurdly long, or not minimal (a leading zero octet)
+        length = int.from_bytes(buf[pos + 2 : start], "big")
+        if length < 0x80:
+            raise _NotPlainDer  # DER: short form for lengths below 128
+    if start + length > end:
+        raise _NotPlainDer
+    return tag, start, start + length
+
+
+def _der_children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    """The elements of ``buf[start:end]`` as (tag, header start, content start, content end), filling it exactly."""
+    children: list[tuple[int, int, int, int]] = []
+    pos = start
+    while pos < end:
+        if len(children) >= _FAST_MAX_CHILDREN:
+            raise _NotPlainDer
+        tag, content_start, content_end = _der_tlv(buf, pos, end)
+        children.append((tag, pos, content_start, content_end))
+        pos = content_end
+    return children
+
+
+def _der_expect(children: list[tuple[int, int, int, int]], index: int, tag: int) -> tuple[int, int, int, int]:
+    if index >= len(children) or children[index][0] != tag:
+        raise _NotPlainDer
+    return children[index]
+
+
+@functools.lru_cache(maxsize=256)
+def _oid_dotted(tlv: bytes) -> str:
+    """The dotted form of an OBJECT IDENTIFIER element, as asn1crypto decodes it (remembered: a few OIDs recur)."""
+    return str(asn1_core.ObjectIdentifier.load(tlv, strict=True).dotted)
+
+
+def _der_oid(buf: bytes, element: tuple[int, int, int, int]) -> str:
+    if element[0] != 0x06 or element[2] == element[3]:
+        raise _NotPlainDer
+    try:
+        return _oid_dotted(buf[element[1] : element[3]])
+    except _PARSE_ERRORS:
+        raise _NotPlainDer from None
+
+
+def _der_algorithm(buf: bytes, element: tuple[int, int, int, int], kind: str) -> tuple[str, bytes]:
+    """An AlgorithmIdentifier of the asn1crypto class named ``kind`` (:data:`_ALGORITHM_KINDS`).
+
+    Returns the OID and the parameters' DER (``b""`` when absent).
+
+    Whether asn1crypto accepts the parameters depends on the OID (their type for it, or NULL): it is asked,
+    once per distinct encoding (a sender's algorithm identifiers are the same in every message).
+    """
+    if element[0] != 0x30:
+        raise _NotPlainDer
+    children = _der_children(buf, element[2], element[3])
+    if not 1 <= len(children) <= 2 or children[0][0] != 0x06:
+        raise _NotPlainDer
+    try:
+        oid = _checked_algorithm(kind, buf[element[1] : element[3]])
+    except _PARSE_ERRORS:
+        raise _NotPlainDer from None
+    params = buf[children[1][1] : children[1][3]] if len(children) == 2 else b""
+    return oid, params
+
+
+_ALGORITHM_KINDS: dict[str, Any] = {
+    "digest": asn1_algos.DigestAlgorithm,
+    "signature": asn1_algos.SignedDigestAlgorithm,
+    "key encryption": asn1_cms.KeyEncryptionAlgorithm,
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_algorithm(kind: str, tlv: bytes) -> str:
+    """The OID of the AlgorithmIdentifier ``tlv``, read by asn1crypto as the slow paths read it (failures raise)."""
+    parsed = _ALGORITHM_KINDS[kind].load(tlv, strict=True)
+    oid = str(parsed["algorithm"].dotted)
+    _ = parsed["parameters"]  # built with the type asn1crypto expects for the OID: refused as the slow path would
+    return oid
+
+
+def _der_identifier(buf: bytes, element: tuple[int, int, int, int]) -> _Identifier:
+    """A SignerIdentifier / RecipientIdentifier: issuerAndSerialNumber or ``[0] IMPLICIT`` subjectKeyIdentifier."""
+    tag, _, start, end = element
+    if tag == 0x80:
+        ski = buf[start:end]
+        return _Identifier(None, None, ski, f"subjectKeyIdentifier {ski.hex()}")
+    if tag != 0x30:
+        raise _NotPlainDer
+    children = _der_children(buf, start, end)
+    if len(children) != 2 or children[0][0] != 0x30 or children[1][0] != 0x02 or children[1][2] == children[1][3]:
+        raise _NotPlainDer
+    issuer = buf[children[0][1] : children[0][3]]
+    serial = int.from_bytes(buf[children[1][2] : children[1][3]], "big", signed=True)
+    try:
+        description = _name_description(issuer)
+    except _PARSE_ERRORS:
+        raise _NotPlainDer from None  # asn1crypto decides (and refuses)
+    return _Identifier(_name_key_of(issuer), serial, None, f"issuer {description}, serial {serial:#x}")
+
+
+def _der_octets(buf: bytes, element: tuple[int, int, int, int]) -> bytes:
+    """A primitive OCTET STRING's bytes (a constructed one is BER: asn1crypto's)."""
+    if element[0] != 0x04:
+        raise _NotPlainDer
+    return buf[element[2] : element[3]]
+
+
+def _der_content_info(buf: bytes, expected: tuple[str, ...]) -> tuple[str, tuple[int, int, int, int]]:
+    """The content type and the content element of a ContentInfo filling ``buf``, of an expected type."""
+    tag, start, end = _der_tlv(buf, 0, len(buf))
+    if tag != 0x30 or end != len(buf):
+        raise _NotPlainDer
+    info = _der_children(buf, start, end)
+    if len(info) != 2 or info[1][0] != 0xA0:
+        raise _NotPlainDer
+    content_type = _der_oid(buf, info[0])
+    if content_type not in expected:
+        raise _NotPlainDer  # asn1crypto's path names the type in its error
+    inner = _der_children(buf, info[1][2], info[1][3])
+    if len(inner) != 1 or inner[0][0] != 0x30:
+        raise _NotPlainDer
+    return content_type, inner[0]
+
+
+_UTC_TIME_DIGITS = frozenset(b"0123456789")
+
+
+def _der_signing_time(buf: bytes, element: tuple[int, int, int, int]) -> datetime | None:
+    """A signingTime value as asn1crypto's ``Time.native`` then ``astimezone(UTC)`` (None when not a datetime)."""
+    tag, header, start, end = element
+    text = buf[start:end]
+    if tag == 0x17 and len(text) == 13 and text[12] == 0x5A and _UTC_TIME_DIGITS.issuperset(text[:12]):
+        # DER UTCTime YYMMDDHHMMSSZ (X.690 section 11.8); RFC 5280 section 4.1.2.5.1: YY < 50 is 20YY
+        year = int(text[0:2])
+        try:
+            return datetime(
+                year + (2000 if year < 50 else 1900), int(text[2:4]), int(text[4:6]),
+                int(text[6:8]), int(text[8:10]), int(text[10:12]), tzinfo=UTC,
+            )  # fmt: skip
+        except ValueError:
+            raise _NotPlainDer from None
+    if tag not in (0x17, 0x18):
+        raise _NotPlainDer
+    try:
+        value = asn1_cms.Time.load(buf[header:end], strict=True).native
+    except _PARSE_ERRORS:
+        raise _NotPlainDer from None
+    return value.astimezone(UTC) if isinstance(value, datetime) else None
+
+
 @dataclass(frozen=True)
 class _CertIndex:
     """Certificates indexed for SignerIdentifier / RecipientIdentifier look-ups."""
@@ -1048,6 +1234,139 @@ def _verify_signer(
     )
 
 
+@dataclass(frozen=True)
+class _SignedDataParse:
+    """What :func:`verify` reads of a SignedData (the encapsulated content only when asn1crypto found it)."""
+
+    econtent_type: str
+    encapsulated: bytes | None
+    certificates: tuple[Certificate, ...]
+    infos: tuple[_SignerInfoData, ...]
+
+
+def _parse_signed_data(data: bytes) -> _SignedDataParse:
+    """Parse a ContentInfo(SignedData) with asn1crypto (any BER); MessageFormatError when malformed."""
+    _, sd = _load_content_info(data, (_OID_SIGNED_DATA,), "SignedData")
+    try:
+        encap = sd["encap_content_info"]
+        econtent_type = encap["content_type"].dotted
+        econtent = encap["content"]
+        encapsulated = None
+        if not (isinstance(econtent, asn1_core.Void) or econtent is None):
+            encapsulated = _octets(econtent)
+        if len(sd["signer_infos"]) > MAX_SIGNER_INFOS:
+            raise MessageFormatError(
+                f"SignedData has {len(sd['signer_infos'])} SignerInfos; at most {MAX_SIGNER_INFOS} are accepted"
+            )
+        certificates = _load_certificates(sd)
+        infos = tuple(_parse_signer_info(si) for si in sd["signer_infos"])
+    except HispError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise _parse_error("SignedData", exc) from None
+    return _SignedDataParse(econtent_type, encapsulated, certificates, infos)
+
+
+_ATTR_CONTENT_TYPE = "1.2.840.113549.1.9.3"
+_ATTR_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
+_ATTR_SIGNING_TIME = "1.2.840.113549.1.9.5"
+
+
+def _fast_signed_data(data: bytes) -> _SignedDataParse | None:
+    """:func:`_parse_signed_data` of a strict-DER SignedData of the usual shape; None: leave it to asn1crypto.
+
+    The shape: version, digestAlgorithms, encapContentInfo without content (detached, or lifted out by
+    :func:`_lift_content`), certificates (X.509 only, at most :data:`MAX_CERTIFICATES`), no CRLs, at most
+    :data:`MAX_SIGNER_INFOS` SignerInfos, none RSASSA-PSS.
+    """
+    try:
+        _, body = _der_content_info(data, (_OID_SIGNED_DATA,))
+        fields = _der_children(data, body[2], body[3])
+        _der_expect(fields, 0, 0x02)  # version
+        _der_expect(fields, 1, 0x31)  # digestAlgorithms (not read: each SignerInfo names its own)
+        encap = _der_children(data, fields[2][2], fields[2][3]) if len(fields) > 2 and fields[2][0] == 0x30 else []
+        if len(encap) != 1:
+            raise _NotPlainDer  # no encapContentInfo, or content still in it (BER): asn1crypto's
+        econtent_type = _der_oid(data, encap[0])
+        index = 3
+        certificates: list[Certificate] = []
+        if index < len(fields) and fields[index][0] == 0xA0:
+            elements = _der_children(data, fields[index][2], fields[index][3])
+            if len(elements) > MAX_CERTIFICATES:
+                raise _NotPlainDer
+            for element in elements:
+                if element[0] != 0x30:
+                    raise _NotPlainDer  # attribute or other certificate choices
+                try:
+                    certificates.append(Certificate.from_der(data[element[1] : element[3]]))
+                except (HispError, InvalidVersion, *_PARSE_ERRORS):
+                    continue  # as _load_certificates: one we cannot load cannot be a signer we can check
+            index += 1
+        signer_infos = _der_expect(fields, index, 0x31)
+        if index + 1 != len(fields):
+            raise _NotPlainDer  # CRLs, or something after signerInfos
+        elements = _der_children(data, signer_infos[2], signer_infos[3])
+        if len(elements) > MAX_SIGNER_INFOS:
+            raise _NotPlainDer
+        infos = tuple(_fast_signer_info(data, element) for element in elements)
+    except (_NotPlainDer, IndexError):  # IndexError: a shape check missed (asn1crypto then decides)
+        return None
+    return _SignedDataParse(econtent_type, None, tuple(certificates), infos)
+
+
+def _fast_signer_info(data: bytes, element: tuple[int, int, int, int]) -> _SignerInfoData:
+    """:func:`_parse_signer_info` of a strict-DER SignerInfo (not RSASSA-PSS); raises _NotPlainDer otherwise."""
+    if element[0] != 0x30:
+        raise _NotPlainDer
+    fields = _der_children(data, element[2], element[3])
+    _der_expect(fields, 0, 0x02)  # version
+    sid = _der_identifier(data, fields[1]) if len(fields) > 1 else None
+    if sid is None:
+        raise _NotPlainDer
+    digest_oid, _ = _der_algorithm(data, _der_expect(fields, 2, 0x30), "digest")
+    index = 3
+    signed_attrs = None
+    if index < len(fields) and fields[index][0] == 0xA0:
+        signed_attrs = fields[index]
+        index += 1
+    signature_oid, _ = _der_algorithm(data, _der_expect(fields, index, 0x30), "signature")
+    if signature_oid == _OID_RSASSA_PSS:
+        raise _NotPlainDer  # its parameters are read by asn1crypto
+    signature = _der_octets(data, _der_expect(fields, index + 1, 0x04))
+    if index + 2 < len(fields) and (fields[index + 2][0] != 0xA1 or index + 3 != len(fields)):
+        raise _NotPlainDer  # only unsignedAttrs may follow
+    if signed_attrs is None:
+        return _SignerInfoData(sid, digest_oid, None, None, None, None, signature_oid, None, signature)
+    # RFC 5652 section 5.4: the signature covers the SET OF encoding of the bytes received.
+    signed_attrs_der = b"\x31" + data[signed_attrs[1] + 1 : signed_attrs[3]]
+    content_type = message_digest = signing_time = None
+    seen: set[str] = set()
+    for attribute in _der_children(data, signed_attrs[2], signed_attrs[3]):
+        if attribute[0] != 0x30:
+            raise _NotPlainDer
+        parts = _der_children(data, attribute[2], attribute[3])
+        if len(parts) != 2 or parts[1][0] != 0x31:
+            raise _NotPlainDer
+        oid = _der_oid(data, parts[0])
+        if oid not in (_ATTR_CONTENT_TYPE, _ATTR_MESSAGE_DIGEST, _ATTR_SIGNING_TIME):
+            continue
+        if oid in seen:
+            raise _NotPlainDer  # asn1crypto's path refuses it, naming the attribute
+        seen.add(oid)
+        values = _der_children(data, parts[1][2], parts[1][3])
+        if len(values) != 1:
+            raise _NotPlainDer
+        if oid == _ATTR_CONTENT_TYPE:
+            content_type = _der_oid(data, values[0])
+        elif oid == _ATTR_MESSAGE_DIGEST:
+            message_digest = _der_octets(data, values[0])
+        else:
+            signing_time = _der_signing_time(data, values[0])
+    return _SignerInfoData(
+        sid, digest_oid, signed_attrs_der, content_type, message_digest, signing_time, signature_oid, None, signature
+    )
+
+
 def verify(
     signed_data: bytes,
     *,
@@ -1084,23 +1403,11 @@ def verify(
     if lifted is not None:
         signed_data, view = lifted
         encapsulated = bytes(view)
-    _, sd = _load_content_info(signed_data, (_OID_SIGNED_DATA,), "SignedData")
-    try:
-        encap = sd["encap_content_info"]
-        econtent_type = encap["content_type"].dotted
-        econtent = encap["content"]
-        if not (isinstance(econtent, asn1_core.Void) or econtent is None):
-            encapsulated = _octets(econtent)
-        if len(sd["signer_infos"]) > MAX_SIGNER_INFOS:
-            raise MessageFormatError(
-                f"SignedData has {len(sd['signer_infos'])} SignerInfos; at most {MAX_SIGNER_INFOS} are accepted"
-            )
-        certificates = _load_certificates(sd)
-        infos = [_parse_signer_info(si) for si in sd["signer_infos"]]
-    except HispError:
-        raise
-    except _PARSE_ERRORS as exc:
-        raise _parse_error("SignedData", exc) from None
+    data = signed_data if isinstance(signed_data, bytes) else bytes(signed_data)
+    parsed = _fast_signed_data(data) or _parse_signed_data(data)
+    econtent_type, certificates, infos = parsed.econtent_type, parsed.certificates, parsed.infos
+    if parsed.encapsulated is not None:
+        encapsulated = parsed.encapsulated
 
     if content is None:
         if encapsulated is None:
@@ -1380,6 +1687,17 @@ class _Envelope:
     auth_attrs_der: bytes | None
 
 
+def _load_envelope(data: bytes, ciphertext: memoryview | None) -> tuple[str, _Envelope]:
+    """Parse a ContentInfo((Auth)EnvelopedData) with asn1crypto (any BER); MessageFormatError when malformed."""
+    content_type, body = _load_content_info(data, (_OID_ENVELOPED_DATA, _OID_AUTH_ENVELOPED_DATA), "EnvelopedData")
+    try:
+        return content_type, _parse_envelope(content_type, body, ciphertext)
+    except HispError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise _parse_error("EnvelopedData", exc) from None
+
+
 def _parse_envelope(content_type: str, body: Any, ciphertext: memoryview | None) -> _Envelope:
     authenticated = content_type == _OID_AUTH_ENVELOPED_DATA
     infos = body["recipient_infos"]
@@ -1425,8 +1743,99 @@ def _parse_envelope(content_type: str, body: Any, ciphertext: memoryview | None)
     )
 
 
+_CBC_OIDS = frozenset(oid for oid, spec in _CIPHERS.items() if not spec.gcm)
+_GCM_OIDS = frozenset(oid for oid, spec in _CIPHERS.items() if spec.gcm)
+
+
+@dataclass(frozen=True)
+class _FastCipherParams:
+    """Content-encryption parameters read by :func:`_fast_envelope`: a CBC IV, or the GCMParameters' DER."""
+
+    iv: bytes | None
+    gcm_der: bytes | None
+
+
+def _fast_envelope(data: bytes, ciphertext: memoryview | None) -> tuple[str, _Envelope] | None:
+    """``_load_content_info`` + :func:`_parse_envelope` of a strict-DER (Auth)EnvelopedData of the usual shape.
+
+    The shape: version, no originatorInfo, KeyTransRecipientInfos only, AES content encryption (CBC with a
+    16-byte IV), the ciphertext (or lifted out by :func:`_lift_content`), no authAttrs and no unprotected
+    attributes. None: leave it to asn1crypto (which also names a refused algorithm such as 3DES).
+    """
+    try:
+        content_type, body = _der_content_info(data, (_OID_ENVELOPED_DATA, _OID_AUTH_ENVELOPED_DATA))
+        authenticated = content_type == _OID_AUTH_ENVELOPED_DATA
+        fields = _der_children(data, body[2], body[3])
+        _der_expect(fields, 0, 0x02)  # version
+        infos = _der_expect(fields, 1, 0x31)  # recipientInfos (an originatorInfo would be [0] here)
+        recipients = []
+        for info in _der_children(data, infos[2], infos[3]):
+            if info[0] != 0x30:
+                raise _NotPlainDer  # KARI, KEKRI, PWRI, ORI: asn1crypto's path skips them
+            ktri = _der_children(data, info[2], info[3])
+            if len(ktri) != 4:
+                raise _NotPlainDer
+            _der_expect(ktri, 0, 0x02)
+            algorithm_oid, parameters = _der_algorithm(data, ktri[2], "key encryption")
+            recipients.append(
+                _KeyTrans(
+                    rid=_der_identifier(data, ktri[1]),
+                    algorithm_oid=algorithm_oid,
+                    parameters=parameters,
+                    encrypted_key=_der_octets(data, ktri[3]),
+                )
+            )
+        eci = _der_children(data, fields[2][2], fields[2][3]) if len(fields) > 2 and fields[2][0] == 0x30 else []
+        if len(eci) not in (2, 3) or eci[0][0] != 0x06 or eci[1][0] != 0x30:
+            raise _NotPlainDer
+        _der_oid(data, eci[0])  # contentType (not read)
+        algorithm = _der_children(data, eci[1][2], eci[1][3])
+        if len(algorithm) != 2:
+            raise _NotPlainDer
+        cipher_oid = _der_oid(data, algorithm[0])
+        params_tag, params_header, params_start, params_end = algorithm[1]
+        if cipher_oid in _CBC_OIDS and not authenticated:
+            if params_tag != 0x04 or params_end - params_start != _AES_BLOCK:
+                raise _NotPlainDer
+            cipher_params = _FastCipherParams(data[params_start:params_end], None)
+        elif cipher_oid in _GCM_OIDS and authenticated:
+            cipher_params = _FastCipherParams(None, data[params_header:params_end])
+        else:
+            raise _NotPlainDer  # weak, unknown or misplaced algorithms: asn1crypto's path refuses them by name
+        if len(eci) == 3:
+            if eci[2][0] != 0x80 or ciphertext is not None:
+                raise _NotPlainDer
+            ciphertext = memoryview(data[eci[2][2] : eci[2][3]])
+        elif ciphertext is None:
+            raise _NotPlainDer  # detached: asn1crypto's path says so
+        mac = None
+        if authenticated:
+            mac = _der_octets(data, _der_expect(fields, 3, 0x04))  # no authAttrs ([1]) before it
+            if len(fields) != 4:
+                raise _NotPlainDer
+        elif len(fields) != 3:
+            raise _NotPlainDer  # unprotectedAttrs
+    except (_NotPlainDer, IndexError):  # IndexError: a shape check missed (asn1crypto then decides)
+        return None
+    envelope = _Envelope(
+        recipients=tuple(recipients),
+        recipient_count=len(recipients),
+        cipher_oid=cipher_oid,
+        cipher_params=cipher_params,
+        ciphertext=ciphertext,
+        mac=mac,
+        auth_attrs_der=None,
+    )
+    return content_type, envelope
+
+
 def _oaep_padding(parameters: Any, policy_name: str) -> tuple[padding.OAEP, str]:
-    """OAEP padding from RSAES-OAEP-params (absent or empty: SHA-1 defaults, RFC 8017 appendix A.2.1)."""
+    """OAEP padding from RSAES-OAEP-params (absent or empty: SHA-1 defaults, RFC 8017 appendix A.2.1).
+
+    ``parameters``: asn1crypto's value, or their DER (``b""``: absent) as :func:`_fast_envelope` reads them.
+    """
+    if isinstance(parameters, bytes):
+        return _oaep_padding_of(parameters, policy_name)
     if isinstance(parameters, asn1_core.Void) or parameters is None:
         return _oaep_padding_of(b"", policy_name)
     # Every message of a peer carries the same parameters: remembered by their DER (no element encodes to b"").
@@ -1531,6 +1940,11 @@ def _cipher_parameters(
             f"{spec.name} in {'AuthEnvelopedData' if authenticated else 'EnvelopedData'} is not allowed "
             "(RFC 5083: AES-GCM only in AuthEnvelopedData, AES-CBC only in EnvelopedData)"
         )
+    if isinstance(params, _FastCipherParams):
+        if params.iv is not None:
+            return params.iv
+        assert params.gcm_der is not None
+        params = asn1_core.Any.load(params.gcm_der)  # as asn1crypto's path holds them
     if spec.gcm:
         gcm = _GcmParameters.load(bytes(params.dump()))
         nonce = _octets(gcm["aes_nonce"])
@@ -1580,14 +1994,9 @@ def decrypt(
     ciphertext: memoryview | None = None
     if lifted is not None:
         enveloped, ciphertext = lifted
-    content_type, body = _load_content_info(enveloped, expected, "EnvelopedData")
+    data = enveloped if isinstance(enveloped, bytes) else bytes(enveloped)
+    content_type, envelope = _fast_envelope(data, ciphertext) or _load_envelope(data, ciphertext)
     authenticated = content_type == _OID_AUTH_ENVELOPED_DATA
-    try:
-        envelope = _parse_envelope(content_type, body, ciphertext)
-    except HispError:
-        raise
-    except _PARSE_ERRORS as exc:
-        raise _parse_error("EnvelopedData", exc) from None
 
     weak = _WEAK_CIPHERS.get(envelope.cipher_oid)
     if weak is not None:
