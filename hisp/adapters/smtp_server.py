@@ -39,8 +39,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from hisp.adapters.smtp_data import DataVerdict, bulk_reading_possible, read_data
 from hisp.addresses import DirectAddress
 from hisp.core.smtp_policy import (
     REPLIES,
@@ -373,6 +374,53 @@ class _HispSMTP(SMTP):
         """Keep the connection open ``seconds`` from now (while ``accept`` runs after DATA)."""
         # aiosmtpd resets its idle timer only on commands; the accept callback may outlast it.
         self._reset_timeout(seconds)
+
+    # -- DATA -----------------------------------------------------------------------------------------
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the data read in bulk (:mod:`hisp.adapters.smtp_data`): the same replies, the
+        same bytes handed on, a fraction of the cost (aiosmtpd reads and unstuffs it one line at a time)."""
+        if (
+            self._decode_data
+            or not self.data_size_limit
+            or "DATA" not in self._handle_hooks
+            or not bulk_reading_possible(self._reader)
+        ):
+            await super().smtp_DATA(arg)  # not how our listeners are set up: aiosmtpd's own loop
+            return
+        # The checks and replies before 354 are aiosmtpd's (1.4), in its order.
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            outcome = await read_data(self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit)
+        except asyncio.CancelledError:  # the connection was lost during DATA (aiosmtpd cancels the session)
+            self._writer.close()
+            raise
+        except asyncio.IncompleteReadError:  # the stream ended before the end of data: nothing to answer
+            self._writer.close()
+            return
+        if outcome.verdict is not DataVerdict.OK:
+            # Answered once all the data is in (RFC 5321 section 4.2.5), with aiosmtpd's texts (see _REWRITES).
+            if outcome.verdict is DataVerdict.LINE_TOO_LONG:
+                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            else:
+                await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        self.envelope.content = outcome.content
+        self.envelope.original_content = outcome.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     # -- AUTH -----------------------------------------------------------------------------------------
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
