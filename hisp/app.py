@@ -218,7 +218,7 @@ class Node:
         checks = any(config.trust.for_domain(d.domain).revocation is not RevocationMode.OFF for d in config.domains)
         revocation = BoundedFetcherBackend() if checks or config.trust.revocation is not RevocationMode.OFF else None
         hosting = ConfigHosting(config, self.environ, stores, revocation)
-        agent = SecurityAgent(policy=config.trust.policy)
+        agent = SecurityAgent(policy=config.trust.policy, limits=config.limits.mime)
         dns = DnsClient(config.relay.dns_server)
         relay_config = config.relay
         session = SmtpSession(

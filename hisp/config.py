@@ -170,6 +170,7 @@ import dns.rdataclass
 from hisp.adapters.edge import Endpoint, parse_endpoint
 from hisp.addresses import DirectAddress, HealthDomain
 from hisp.core.certs import CertBinding, Certificate, Credential, load_certificates, load_credential
+from hisp.core.mime import MimeLimits
 from hisp.core.policy import PRESETS, Direction, RevocationMode, SecurityPolicy, policy_from_name
 from hisp.core.smtp_policy import parse_password_hash
 from hisp.errors import AddressError, CertificateError, ConfigError
@@ -1030,12 +1031,16 @@ class LimitsConfig:
     :ivar max_recipients: RCPTs per message (RFC 5321 section 4.5.3.1.8: at least 100 should be accepted).
     :ivar max_connections: concurrent connections per listener.
     :ivar command_timeout: seconds a client may stay idle (RFC 5321 section 4.5.3.2.7: 5 minutes).
+    :ivar mime: bounds on the MIME structure of every message the security agent handles, from ``[limits.mime]``
+        (``max_bytes``, ``max_depth``, ``max_parts``, ``max_header_bytes``, ``max_headers``); ``max_bytes`` is at
+        least every listener's ``max_message_size`` (a message accepted must be one the agent can parse).
     """
 
     max_message_size: int = 36 * 1024 * 1024
     max_recipients: int = 100
     max_connections: int = 100
     command_timeout: float = 300.0
+    mime: MimeLimits = field(default_factory=MimeLimits)
 
 
 @dataclass(frozen=True)
@@ -1254,6 +1259,22 @@ def _limits(reader: _Reader) -> LimitsConfig:
         _positive(reader, "max_recipients", defaults.max_recipients, 10_000),
         _positive(reader, "max_connections", defaults.max_connections, 100_000),
         _seconds(reader, "command_timeout", defaults.command_timeout, 1.0, 3600.0),
+        _mime_limits(_Reader(reader.source, reader.get("mime", dict, {}), f"{reader.prefix}.mime", reader.base)),
+    )
+    reader.finish()
+    return limits
+
+
+def _mime_limits(reader: _Reader) -> MimeLimits:
+    """``[limits.mime]``: the security agent's MIME bounds (DESIGN.md section 6.3; issue 2, "caps from
+    configuration")."""
+    d = MimeLimits()
+    limits = MimeLimits(
+        max_message_bytes=_positive(reader, "max_bytes", d.max_message_bytes, 2 * MAX_MESSAGE_LIMIT),
+        max_depth=_positive(reader, "max_depth", d.max_depth, 100),
+        max_parts=_positive(reader, "max_parts", d.max_parts, 100_000),
+        max_header_bytes=_positive(reader, "max_header_bytes", d.max_header_bytes, 16 * 1024 * 1024),
+        max_headers=_positive(reader, "max_headers", d.max_headers, 100_000),
     )
     reader.finish()
     return limits
@@ -1294,6 +1315,13 @@ def _listeners(reader: _Reader, limits: LimitsConfig, has_users: bool) -> Listen
         sub = _Reader(reader.source, reader.get("backbone", dict), "listeners.backbone", reader.base)
         backbone = _listener(sub, limits, 25, False)
     reader.finish()
+    for name, listener in (("submission", submission), ("backbone", backbone)):
+        if listener is not None and listener.max_message_size > limits.mime.max_message_bytes:
+            raise reader.error(
+                f"{name}.max_message_size",
+                f"{listener.max_message_size} bytes is more than [limits.mime] max_bytes "
+                f"({limits.mime.max_message_bytes}): a message accepted must be one the security agent can parse",
+            )
     if submission is not None and backbone is not None and (submission.host, submission.port) == (
         backbone.host, backbone.port
     ) and submission.port != 0:
