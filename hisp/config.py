@@ -135,7 +135,7 @@ Example::
     require_dnssec = false       # true: DNS answers need the AD bit (only behind a validating resolver)
     ldap_ttl = 3600              # seconds LDAP-found certificates are cached (LDAP has no TTL)
     negative_ttl = 300           # seconds a "not found" is cached
-    cache_size = 10000           # results kept in memory per process (least recently used dropped first)
+    cache_size = 10000           # results kept in memory per process (~13 KiB each; each of --workers N has its own)
 
     [[discovery.local]]          # a partner reached without discovery: consulted before DNS and LDAP
     address = "dr.b@direct.partner.example"   # or domain = "direct.partner.example" (an address wins)
@@ -1445,8 +1445,9 @@ class DiscoveryConfig:
         behind a validating resolver reached over a trusted path (``[relay] dns_server``).
     :ivar ldap_ttl: seconds a result found through LDAP is cached (LDAP has no TTL; the SRV TTL still caps it).
     :ivar negative_ttl: seconds a "not found" result is cached (DNS negative TTLs below it win).
-    :ivar cache_size: most results kept in memory by one process (least recently used dropped first); with
-        ``hisp serve --workers N`` each of the N processes keeps its own.
+    :ivar cache_size: most results kept in memory by one process (least recently used dropped first; about
+        13 KiB per result holding one certificate); with ``hisp serve --workers N`` each of the N processes keeps
+        its own cache of this size, nothing is shared.
     :ivar local: partner certificates reached without discovery.
 
     Spec: CD-10 (cache for the TTL); issue 4 (DNSSEC optional, local store, negative caching).

@@ -15,11 +15,13 @@ for "unavailable" (CD-10). A cached result is not used once a chosen certificate
 The gateway uses :class:`SenderDiscovery`, built from ``[discovery]`` by :func:`discovery_from_config` and
 :func:`dns_from_config`. Its cache is **in memory, per process, bounded**: at most ``[discovery] cache_size``
 results (default 10 000; least recently used dropped first) for all sender domains of the process together.
-``hisp serve --workers N`` runs N processes, so a node holds up to N caches of that size, and a recipient may
-be looked up once per process before every process has it cached; nothing is shared between processes or
-nodes, and nothing is written to the database. Verdicts depend on the trust anchors:
-:meth:`SenderDiscovery.clear` (or :meth:`SenderDiscovery.reload`) must be called when the trust configuration
-is reloaded (SIGHUP), or verdicts made with the old anchors would be served for up to their TTL (a day at most).
+A result that found one RSA-2048 certificate takes about 13 KiB (measured with tracemalloc), so the default
+bound is about 130 MB per process at most. ``hisp serve --workers N`` runs N processes, so a node holds up to
+N caches of that size, and a recipient may be looked up once per process before every process has it cached;
+nothing is shared between processes or nodes, and nothing is written to the database. Verdicts depend on the
+trust anchors: :meth:`SenderDiscovery.clear` (or :meth:`SenderDiscovery.reload`) must be called when the trust
+configuration is reloaded (SIGHUP), or verdicts made with the old anchors would be served for up to their TTL
+(a day at most).
 """
 
 from __future__ import annotations

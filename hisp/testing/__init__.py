@@ -7,6 +7,7 @@
 - :mod:`hisp.testing.process`: free ports, dead targets (:func:`~hisp.testing.process.refused_port`,
   :func:`~hisp.testing.process.black_hole`) and the managed child process both servers use.
 - :mod:`hisp.testing.responder`: our own DNS responder in a background thread.
+- :mod:`hisp.testing.hostile_dns`: a scriptable hostile DNS server (SERVFAIL, malformed CERT, TXT floods, AD).
 - :mod:`hisp.testing.hosting`: a hosted domain's certificates and configuration file on disk.
 - :mod:`hisp.testing.fixtures`: the pytest fixtures ``bind_factory`` and ``slapd_factory``.
 """
