@@ -37,6 +37,7 @@ RFC 3464 (DSN); RFC 5321 sections 4.5.4.1 (retries) and 4.5.5 (null reverse-path
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -54,7 +55,6 @@ from typing import Any, TypeVar
 from hisp.addresses import DirectAddress
 from hisp.core.agent import IncomingResult, OutgoingResult, SecurityAgent
 from hisp.core.certs import Certificate, Credential
-from hisp.core.evidence import accepted_line, refusal_evidence
 from hisp.core.mdn import Disposition, is_notification, requests_final_delivery
 from hisp.core.notify import (
     Notice,
@@ -203,8 +203,7 @@ def _short(certificate: Certificate) -> str:
 
 
 def _verdict(result: IncomingResult) -> str:
-    """The audit line of an accepted signer: certificate, chain, anchor and source, revocation, rule, warnings."""
-    return accepted_line(result.path, "signer")
+    return f"trusted: signer {result.signer.subject}, anchor {result.path.anchor.subject}"
 
 
 class Pipeline:
@@ -266,7 +265,8 @@ class Pipeline:
         self.rng = rng or random.Random()
         self.tracking = tracking
         self.notices = notices or NoticeSettings()
-        self._wake: asyncio.Event | None = None
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()  # workers waiting for work
+        self._wakes = 0  # wake() calls so far: a worker that claimed nothing sleeps only if none came meanwhile
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -283,9 +283,17 @@ class Pipeline:
                 _log.exception("observer failed")
 
     def wake(self) -> None:
-        """Tell idle workers there is new work (called after every enqueue)."""
-        if self._wake is not None:
-            self._wake.set()
+        """Tell one idle worker there is new work (called after every enqueue).
+
+        One, not all: a claim takes every due job up to its limit, so the others would only claim nothing (an
+        empty transaction each). A worker busy meanwhile claims again before it sleeps (see :meth:`_worker`).
+        """
+        self._wakes += 1
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     # -- accepting --------------------------------------------------------------------------------------
 
@@ -495,10 +503,8 @@ class Pipeline:
         self, mail_from: str, recipients: Sequence[str], remote: str, exc: HispError, now: datetime
     ) -> None:
         self._tell("rejected", f"{mail_from or '<>'} -> {', '.join(recipients)}: {exc.smtp_reply()}")
-        verdict, fingerprints = refusal_evidence(exc)  # AS-14, AS-20: which certificate, why, against what
         record = AuditRecord(
-            mail_from=mail_from, recipients=tuple(recipients), fingerprints=fingerprints, verdict=verdict,
-            reason=exc.smtp_reply()[:500], remote=remote,
+            mail_from=mail_from, recipients=tuple(recipients), reason=exc.smtp_reply()[:500], remote=remote
         )
         try:
             await self._run(self.audit.append, AuditKind.REJECT, now, node=self.node, record=record)
@@ -547,12 +553,24 @@ class Pipeline:
 
         Spec: issue 5 ("Workers claim work ... a claimed job whose node vanished is reclaimed after a lease").
         """
-        self._wake = asyncio.Event()
-        await asyncio.gather(*(self._worker(stop, poll_interval) for _ in range(max(1, workers))))
+        release = asyncio.ensure_future(self._release_on_stop(stop))
+        try:
+            await asyncio.gather(*(self._worker(stop, poll_interval) for _ in range(max(1, workers))))
+        finally:
+            release.cancel()
+
+    async def _release_on_stop(self, stop: asyncio.Event) -> None:
+        """Wake every idle worker once ``stop`` is set, so that they return."""
+        await stop.wait()
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _worker(self, stop: asyncio.Event, poll_interval: float) -> None:
-        assert self._wake is not None
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
+            wakes = self._wakes
             try:
                 done = await self.run_once()
             except HispError as exc:
@@ -561,15 +579,17 @@ class Pipeline:
             except Exception:
                 _log.exception("worker failed")
                 done = 0
-            if done:
-                continue
-            self._wake.clear()
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            if done or self._wakes != wakes or stop.is_set():
+                continue  # work done, or enqueued since the claim began (its wake may have found nobody idle)
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._idle.append(waiter)
             try:
-                await asyncio.wait(waits, timeout=poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait_for(waiter, poll_interval)
+            except TimeoutError:
+                pass
             finally:
-                for waiter in waits:
-                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._idle.remove(waiter)
 
     async def run_once(self, limit: int = 16) -> int:
         """Claim due work once and do it.
@@ -709,7 +729,7 @@ class Pipeline:
         self._tell("encrypted", f"{self.agent.policy.cipher.value} to {encrypted_to}")
         record = AuditRecord(
             fingerprints=_fingerprints((sealed.signer, *sealed.encrypted_to)),
-            verdict=" | ".join(accepted_line(p, "recipient") for p in sealed.recipient_paths[:4]),
+            verdict="; ".join(f"recipient trusted: anchor {p.anchor.subject}" for p in sealed.recipient_paths[:4]),
         )
         local = [a for a in sealed.recipients if self.hosting.is_hosted(a)]
         remote = [a for a in sealed.recipients if not self.hosting.is_hosted(a)]
