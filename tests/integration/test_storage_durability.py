@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,7 +24,7 @@ from sqlalchemy import event, text
 from hisp.adapters.storage import SqlStore
 from hisp.adapters.storage.testing import backends, scratch_database
 from hisp.errors import StorageError
-from hisp.ports import Direction, Envelope, RecipientState
+from hisp.ports import AuditKind, AuditRecord, Direction, Envelope, RecipientState
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 RAW = b"From: dr.smith@direct.clinic.example\r\nSubject: referral\r\n\r\n" + b"0123456789" * 10_000
@@ -74,6 +77,48 @@ def test_sqlite_runs_in_wal_with_full_sync(tmp_path: Path) -> None:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    store.close()
+
+
+def test_sqlite_reads_do_not_wait_for_the_writer_and_writes_still_take_the_lock(tmp_path: Path) -> None:
+    """Reads (raw, tracking, listings) begin deferred and read the WAL snapshot while another connection holds
+    the write lock (an fsynced commit in progress); a write still begins with BEGIN IMMEDIATE and waits."""
+    path = tmp_path / "h.sqlite3"
+    store = SqlStore.open(f"sqlite:///{path}", spool_dir=tmp_path / "spool", inline_max=1024)
+    envelope = Envelope(Direction.OUTGOING, "a@x.example", ("b@y.example",), "<m1@x.example>")
+    small = store.enqueue(envelope, b"Subject: s\r\n\r\nbody\r\n", now=T0).id
+    large = store.enqueue(envelope, RAW, now=T0).id
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, held
+    try:
+        store.engine.dispose()
+        started = time.monotonic()
+        assert store.raw(small).endswith(b"body\r\n")
+        assert store.raw(large) == RAW
+        assert {m.id for m in store.list_messages()} == {small, large}
+        assert store.show(small).message.id == small
+        assert store.events(message_id=small)
+        assert store.spool_orphans() == []
+        with pytest.raises(StorageError, match="nothing is tracked"):
+            store.tracking("<m1@x.example>")
+        assert time.monotonic() - started < 5  # not the 30 s busy timeout
+        failed: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                store.append(AuditKind.RELAY, T0, node="n1", message_id=small, record=AuditRecord(reason="x"))
+            except BaseException as exc:  # reported below
+                failed.append(exc)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # waiting for the lock
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+    thread.join(10)
+    assert not thread.is_alive() and failed == []
     store.close()
 
 

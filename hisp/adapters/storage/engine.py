@@ -7,7 +7,9 @@ SQLite is set up for one writer at a time with durable commits:
   behind a 250 reply);
 - every transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock at once, so a claim's read and
   its update are one atomic step (the SQLite equivalent of ``FOR UPDATE SKIP LOCKED``, serialised instead of
-  skipping), and no transaction fails half-way on a lock upgrade;
+  skipping), and no transaction fails half-way on a lock upgrade; except on an engine made by
+  :func:`read_only`, for transactions that only read: those start with a deferred ``BEGIN`` and read a
+  snapshot (WAL), neither waiting for the writer's fsynced commit nor holding it up;
 - ``busy_timeout``: a writer waits for the lock instead of failing; ``foreign_keys=ON``.
 
 PostgreSQL runs at READ COMMITTED with ``pool_pre_ping``; the queue uses ``SELECT ... FOR UPDATE SKIP LOCKED``.
@@ -26,7 +28,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from hisp.errors import ConfigError
 
-__all__ = ["DEFAULT_DATABASE_NAME", "default_url", "open_engine"]
+__all__ = ["DEFAULT_DATABASE_NAME", "default_url", "open_engine", "read_only"]
 
 #: The SQLite file created beside the configuration file when no storage URL is configured.
 DEFAULT_DATABASE_NAME = "hisp.sqlite3"
@@ -61,8 +63,27 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+#: The execution option that marks an engine's transactions as read-only (see :func:`read_only`).
+_READ_ONLY = "hisp_read_only"
+
+
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A read-only transaction needs no write lock: deferred, it reads a WAL snapshot and never upgrades.
+    read_only = connection.get_execution_options().get(_READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (pool, events) for transactions that only read: on SQLite they begin deferred instead of
+    ``BEGIN IMMEDIATE`` (see the module docstring); on PostgreSQL nothing changes.
+
+    A transaction on it must not write: on SQLite a write would have to upgrade its lock and could fail with
+    ``SQLITE_BUSY`` (or read a snapshot older than the data it then changes).
+
+    :param engine: from :func:`open_engine`.
+    :returns: an engine sharing its connections.
+    """
+    return engine.execution_options(**{_READ_ONLY: True})
 
 
 def open_engine(url: str, *, echo: bool = False) -> Engine:

@@ -78,7 +78,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hisp.adapters.storage.engine import open_engine
+from hisp.adapters.storage.engine import open_engine, read_only
 from hisp.adapters.storage.migrate import upgrade
 from hisp.adapters.storage.models import (
     AuditEventRow,
@@ -472,6 +472,8 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         self.spool = Spool(spool_dir) if spool_dir is not None else None
         self.inline_max = inline_max
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._reader = read_only(engine)  # for transactions that only read (a deferred BEGIN on SQLite)
+        self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
         self._prefetched: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._prefetch_lock = threading.Lock()
 
@@ -503,10 +505,14 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         self.engine.dispose()
 
     @contextmanager
-    def _tx(self, what: str) -> Iterator[Session]:
-        """A session in a transaction, committed on success; database failures become StorageError."""
+    def _tx(self, what: str, *, reads_only: bool = False) -> Iterator[Session]:
+        """A session in a transaction, committed on success; database failures become StorageError.
+
+        :param reads_only: the transaction only reads (see :func:`~hisp.adapters.storage.engine.read_only`).
+        """
+        sessions = self._read_sessions if reads_only else self._sessions
         try:
-            with self._sessions() as session, session.begin():
+            with sessions() as session, session.begin():
                 yield session
         except HispError:
             raise
@@ -514,16 +520,17 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             raise StorageError(f"{what} failed: {exc.__class__.__name__}: {exc}") from exc
 
     @contextmanager
-    def _core(self, what: str, commit: _Commit | None = None) -> Iterator[Connection]:
+    def _core(self, what: str, commit: _Commit | None = None, *, reads_only: bool = False) -> Iterator[Connection]:
         """A connection in a transaction (Core, no ORM session), committed on success; database failures become
         StorageError. The same transaction as :meth:`_tx` (``BEGIN IMMEDIATE`` on SQLite), at a fraction of the
         cost: the hot paths use it.
 
         :param commit: marked :attr:`_Commit.sent` once the body has run without raising, just before the COMMIT
             is sent: a failure after that may have committed (an acknowledgement lost with the connection).
+        :param reads_only: the transaction only reads (see :func:`~hisp.adapters.storage.engine.read_only`).
         """
         try:
-            with self.engine.begin() as connection:
+            with (self._reader if reads_only else self.engine).begin() as connection:
                 yield connection
                 if commit is not None:
                     commit.sent = True
@@ -763,7 +770,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             content, digest = prefetched
             spool_path = None
         else:
-            with self._core("read message") as connection:
+            with self._core("read message", reads_only=True) as connection:
                 row = connection.execute(_BODY, {"message_id": message_id}).first()
                 if row is None:
                     raise StorageError(f"no message {message_id}", message_id=message_id)
@@ -809,7 +816,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             )
         if direction is not None:
             query = query.where(MessageRow.direction == direction.value)
-        with self._tx("list messages") as session:
+        with self._tx("list messages", reads_only=True) as session:
             messages = list(session.scalars(query))
             grouped = self._recipients_of(session, [m.id for m in messages])
             return [_stored(m, grouped[m.id]) for m in messages]
@@ -826,7 +833,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         """
         key = key.strip()
         candidates = [key, key.strip("<>"), f"<{key.strip('<>')}>"]
-        with self._tx("show message") as session:
+        with self._tx("show message", reads_only=True) as session:
             message = session.get(MessageRow, key)
             if message is None:
                 message = session.scalars(
@@ -881,7 +888,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         if self.spool is None:
             return []
         files = list(self.spool.files())
-        with self._tx("list spool files") as session:
+        with self._tx("list spool files", reads_only=True) as session:
             known = set(session.scalars(select(MessageRow.spool_path).where(MessageRow.spool_path.in_(files))))
         return [f for f in files if f not in known]
 
@@ -1219,7 +1226,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         query = select(AuditEventRow).where(AuditEventRow.seq > after).order_by(AuditEventRow.seq).limit(limit)
         if message_id is not None:
             query = query.where(AuditEventRow.message_id == message_id)
-        with self._tx("read audit events") as session:
+        with self._tx("read audit events", reads_only=True) as session:
             return [_event(row) for row in session.scalars(query)]
 
     # Notifications (placeholder for the notifications issue) -------------------------------------------------
@@ -1234,7 +1241,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         query = select(NotificationRow).order_by(NotificationRow.id).limit(limit)
         if status is not None:
             query = query.where(NotificationRow.status == status.value)
-        with self._tx("list notifications") as session:
+        with self._tx("list notifications", reads_only=True) as session:
             return [_notification(row) for row in session.scalars(query)]
 
     def set_notification_status(self, notification_id: int, status: NotificationStatus, now: datetime) -> None:
@@ -1464,7 +1471,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         Spec: issue 6 ("Delivery status is data, not only mail: ``hisp track MESSAGE-ID [--json]``").
         """
         key = key.strip()
-        with self._core("read tracking") as connection:
+        with self._core("read tracking", reads_only=True) as connection:
             row = None
             if _QUEUE_ID.fullmatch(key):
                 row = self._find_track(connection, queue_id=key.lower())
