@@ -1457,22 +1457,28 @@ def verify(
 # --------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
+def _oid_der(oid: str) -> bytes:
+    """The DER of an OBJECT IDENTIFIER (asn1crypto's encoding, remembered)."""
+    return bytes(asn1_core.ObjectIdentifier(oid).dump())
+
+
 def _encrypt_content(
     pieces: Sequence[bytes], cipher: ContentCipher
-) -> tuple[bytes, Any, int, Callable[[memoryview], bytes]]:
+) -> tuple[bytes, bytes, int, Callable[[memoryview], bytes]]:
     """Set up encryption of the concatenated ``pieces`` with a fresh key.
 
-    Returns (key, algorithm identifier, ciphertext length, ``write``): ``write(out)`` encrypts the pieces
-    straight into ``out`` (at least the ciphertext length + 15 bytes) and returns the GCM tag, or b''.
+    Returns (key, the ContentEncryptionAlgorithmIdentifier's DER, ciphertext length, ``write``): ``write(out)``
+    encrypts the pieces straight into ``out`` (at least the ciphertext length + 15 bytes) and returns the GCM
+    tag, or b''.
     """
     key = os.urandom(cipher.key_size)
     length = sum(len(piece) for piece in pieces)
     if cipher.authenticated:
         nonce = os.urandom(_GCM_NONCE_BYTES)
-        params = _GcmParameters({"aes_nonce": nonce, "aes_icv_len": _GCM_TAG_BYTES})
-        algorithm = asn1_algos.EncryptionAlgorithm(
-            {"algorithm": _CIPHER_OID[cipher], "parameters": asn1_core.Any.load(bytes(params.dump()))}
-        )
+        # GCMParameters (RFC 5084 section 3.2): the nonce, and the ICV length (16, not the default 12)
+        params = _tlv(0x30, _tlv(0x04, nonce), _tlv(0x02, bytes([_GCM_TAG_BYTES])))
+        algorithm = _tlv(0x30, _oid_der(_CIPHER_OID[cipher]), params)
         gcm_encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
 
         def write_gcm(out: memoryview) -> bytes:
@@ -1484,7 +1490,7 @@ def _encrypt_content(
 
         return key, algorithm, length, write_gcm
     iv = os.urandom(_AES_BLOCK)
-    algorithm = asn1_algos.EncryptionAlgorithm({"algorithm": _CIPHER_OID[cipher], "parameters": iv})
+    algorithm = _tlv(0x30, _oid_der(_CIPHER_OID[cipher]), _tlv(0x04, iv))  # RFC 3565 section 4.1: the IV
     # PKCS#7 padding (RFC 5652 section 6.3) fed as one more piece: no copy of the content.
     pad = _AES_BLOCK - length % _AES_BLOCK
     encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
@@ -1535,7 +1541,8 @@ _KTRI_VERSION_DER = {"ski": bytes(asn1_core.Integer(2).dump()), "issuer_serial":
 
 def _recipient_info(
     cert: Certificate, key: bytes, key_transport: KeyTransport, recipient_identifier: str
-) -> Any:
+) -> bytes:
+    """The KeyTransRecipientInfo of ``cert`` for ``key``, DER."""
     public_key = _check_recipient(cert, recipient_identifier)
     if recipient_identifier == "ski":
         rid = _tlv(0x80, bytes(cert.subject_key_identifier or b""))  # [0] IMPLICIT SubjectKeyIdentifier
@@ -1550,8 +1557,7 @@ def _recipient_info(
     else:
         encrypted_key = public_key.encrypt(key, padding.PKCS1v15())
     # KeyTransRecipientInfo (RFC 5652 section 6.2.1), the untagged "ktri" choice of RecipientInfo
-    ktri = _tlv(0x30, version, rid, _key_encryption_algorithm_der(key_transport), _tlv(0x04, encrypted_key))
-    return asn1_cms.RecipientInfo.load(ktri)
+    return _tlv(0x30, version, rid, _key_encryption_algorithm_der(key_transport), _tlv(0x04, encrypted_key))
 
 
 def encrypt(
@@ -1607,22 +1613,22 @@ def _encrypt(
         _check_recipient(cert, recipient_identifier)
     key, algorithm, ciphertext_length, write_ciphertext = _encrypt_content(pieces, cipher)
     infos = [_recipient_info(cert, key, key_transport, recipient_identifier) for cert in recipients]
-    recipient_infos = bytes(asn1_cms.RecipientInfos(infos).dump())
+    recipient_infos = _tlv(0x31, *sorted(infos))  # a DER SET OF: elements in the order of their encodings
 
     # The DER is assembled by hand around the ciphertext, which is encrypted straight into the result.
-    eci_head = bytes(asn1_cms.ContentType("data").dump()) + bytes(algorithm.dump())
+    eci_head = _oid_der(_OID_DATA) + algorithm
     ct_header = _der_header(0x80, ciphertext_length)  # [0] IMPLICIT OCTET STRING, primitive
     eci_length = len(eci_head) + len(ct_header) + ciphertext_length
     eci_header = _der_header(0x30, eci_length)
     if cipher.authenticated:
-        version = bytes(asn1_core.Integer(0).dump())  # RFC 5083 section 2.1: always 0
+        version = _KTRI_VERSION_DER["issuer_serial"]  # INTEGER 0: RFC 5083 section 2.1, always 0
         trailer_length = len(_der_header(0x04, _GCM_TAG_BYTES)) + _GCM_TAG_BYTES  # mac
-        outer_oid = bytes(asn1_cms.ContentType("authenticated_enveloped_data").dump())
+        outer_oid = _oid_der(_OID_AUTH_ENVELOPED_DATA)
     else:
         # RFC 5652 section 6.1: version 2 when any RecipientInfo is not version 0 (KTRI by SKI), else 0.
-        version = bytes(asn1_core.Integer(2 if recipient_identifier == "ski" else 0).dump())
+        version = _KTRI_VERSION_DER[recipient_identifier]  # INTEGER 2 or 0
         trailer_length = 0
-        outer_oid = bytes(asn1_cms.ContentType("enveloped_data").dump())
+        outer_oid = _oid_der(_OID_ENVELOPED_DATA)
     body_length = len(version) + len(recipient_infos) + len(eci_header) + eci_length + trailer_length
     body_header = _der_header(0x30, body_length)
     explicit_length = len(body_header) + body_length
@@ -1653,7 +1659,7 @@ def _encrypt(
         with buffer[len(head) :] as target:
             tag = write_ciphertext(target)
         if cipher.authenticated:
-            trailer = bytes(asn1_core.OctetString(tag).dump())
+            trailer = _tlv(0x04, tag)
             if len(trailer) != trailer_length:  # pragma: no cover - the tag is always 16 bytes
                 raise AssertionError("unexpected GCM tag length")
             buffer[len(head) + ciphertext_length : total] = trailer

@@ -225,6 +225,13 @@ def test_walker_takes_and_agrees_on_our_enveloped_data(index: int) -> None:
     _decrypt_both(der)
 
 
+@pytest.mark.parametrize("index", range(6), ids=lambda i: f"enveloped-{i}")
+def test_hand_built_envelopes_are_the_der_asn1crypto_writes(index: int) -> None:
+    """encrypt assembles its DER by hand: it is what asn1crypto encodes for the same value (SET OF sorted, ...)."""
+    der = _enveloped_samples()[index]
+    assert bytes(asn1_cms.ContentInfo.load(der).dump(force=True)) == der
+
+
 def test_walker_agrees_on_the_fixture_messages() -> None:
     """Other implementations' CMS (Java and .NET RIs, DCDT, bundles): agreement, and most are taken."""
     blobs = list(_fixture_cms())
