@@ -2,10 +2,11 @@
 
 One small DCDT-like world (conformance.md section 1.2) is built once per module: a zone ``dcdt.example`` with
 CERT PKIX records (address- and domain-bound, valid and expired), a >512-byte answer that forces TC and TCP
-(D14), a record whose certificate field is not X.509, a 64 KB flood, an IPKIX record pointing at a loopback
-HTTP server, and ``_ldap._tcp`` SRV records: one live slapd, a dead target first (D10), and an SRV loop;
-slapd holds entries with ``userCertificate;binary``, garbage, and no certificate at all. Each test asserts
-the exact certificate chosen, or that none was.
+(D14), a record whose certificate field is not X.509, a flood of 40 junk CERT records (about 57 KB; the 64 KB
+TXT flood that reaches the client is in ``test_discovery_hostile_dns.py``: BIND never sends TXT records to a
+CERT question), an IPKIX record pointing at a loopback HTTP server, and ``_ldap._tcp`` SRV records: one live
+slapd, a dead target first (D10), and an SRV loop; slapd holds entries with ``userCertificate;binary``,
+garbage, and no certificate at all. Each test asserts the exact certificate chosen, or that none was.
 """
 
 from __future__ import annotations
@@ -106,7 +107,6 @@ def world() -> Iterator[World]:
         http_server.set_route("/url.der", body=c["ipkix"].der)
         dead = refused_port()
         junk = [base64.b64encode(bytes([n]) * 1400).decode() for n in range(40)]
-        txt = " ".join('"' + "x" * 250 + '"' for _ in range(8))
         records = "".join([
             "ldap IN A 127.0.0.1\n",
             "dead IN A 127.0.0.1\n",
@@ -120,7 +120,6 @@ def world() -> Iterator[World]:
             "pgp.domain1 IN CERT PGP 0 0 " + _b64(b"pgp key material") + "\n",
             f"url.domain1 IN CERT IPKIX 0 0 {_b64(http_server.url('/url.der').encode())}\n",
             "".join(f"flood.domain1 IN CERT PKIX 0 0 {j}\n" for j in junk),
-            "".join(f"flood.domain1 IN TXT {txt} \"{n}\"\n" for n in range(30)),
             f"_ldap._tcp.domain2 IN SRV 0 0 {slapd.port} ldap.{ZONE}.\n",
             f"_ldap._tcp.domain3 IN SRV 0 0 {dead} dead.{ZONE}.\n",
             f"_ldap._tcp.domain3 IN SRV 1 0 {slapd.port} ldap.{ZONE}.\n",
@@ -199,7 +198,7 @@ def test_ipkix_url_is_fetched(world: World) -> None:
     assert result.chosen == (world.certs["ipkix"],)
 
 
-def test_64k_flood_ends_clearly(world: World) -> None:
+def test_junk_cert_flood_is_capped_and_ends_clearly(world: World) -> None:
     start = time.monotonic()
     result = lookup(world, f"flood@{D1}")
     assert time.monotonic() - start < 10
