@@ -1,8 +1,8 @@
 """Relay to peer HISPs on aiosmtplib: MX lookup (dnspython), STARTTLS, per-recipient results.
 
-:class:`SmtpRelay` sends the exact bytes it is given (a sealed Direct message, CRLF line endings; aiosmtplib
-only adds dot-stuffing and the end-of-data line) to the mail exchangers of the recipients' domain, or to a
-configured smarthost:
+:class:`SmtpRelay` sends the exact bytes it is given (a sealed Direct message, CRLF line endings; only
+dot-stuffing and the end-of-data line are added, see :func:`dot_stuffed`) to the mail exchangers of the
+recipients' domain, or to a configured smarthost:
 
 - MX lookup with :class:`MxResolver` (a configured DNS server, or the system's); no MX record -> the domain's
   own A/AAAA records (implicit MX); a null MX or a domain that does not exist -> permanent; DNS failures ->
@@ -51,7 +51,7 @@ from hisp.core.smtp_policy import (
 )
 from hisp.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 
-__all__ = ["MxResolver", "MxRoute", "RelayResult", "SmtpRelay", "SmtpSession", "client_tls_context"]
+__all__ = ["MxResolver", "MxRoute", "RelayResult", "SmtpRelay", "SmtpSession", "client_tls_context", "dot_stuffed"]
 
 _log = logging.getLogger("hisp.relay")
 
@@ -350,6 +350,54 @@ class _Pool:
         await asyncio.gather(*quits, *self._closing, return_exceptions=True)
 
 
+def dot_stuffed(raw: bytes) -> bytes | None:
+    """The DATA payload of a message whose line endings are all CRLF: a dot added before every line that starts
+    with one, a CRLF at the end if missing, and the end-of-data line; ``None`` for a message with a bare CR or LF.
+
+    The bytes are those aiosmtplib's ``SMTP.data`` sends (it first rewrites every line ending to CRLF, then
+    stuffs dots, with two regular expressions: about 34 ms per 1.4 MB), made with ``bytes.replace`` (about 1 ms):
+    our sealed messages are CRLF-canonical, so only the stuffing is left to do.
+
+    :param raw: the message.
+    :returns: what follows the ``354`` reply, or None (then ``SMTP.data`` must normalise it).
+
+    Spec: RFC 5321 sections 4.1.1.4 and 4.5.2 (transparency).
+    """
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+        return None  # a bare CR or LF: aiosmtplib's rewriting applies
+    payload = raw.replace(b"\r\n.", b"\r\n..")
+    if payload.startswith(b"."):
+        payload = b"." + payload
+    return payload + (b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n")
+
+
+async def _send_data(client: aiosmtplib.SMTP, raw: bytes) -> aiosmtplib.SMTPResponse:
+    """DATA as ``client.data(raw)`` does it (the same replies, errors and bytes on the wire), with the payload
+    made by :func:`dot_stuffed` when it can.
+
+    :raises aiosmtplib.SMTPDataError: DATA or the data refused (not 354, then not 250).
+    :raises aiosmtplib.SMTPServerDisconnected: the connection was lost (the client is closed).
+    :raises aiosmtplib.SMTPTimeoutError: no reply in time (the client is closed).
+    """
+    payload = dot_stuffed(raw)
+    protocol = client.protocol
+    if payload is None or protocol is None:
+        return await client.data(raw)
+    start = await client.execute_command(b"DATA")  # closes the client itself when the connection fails
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    try:
+        protocol.write(payload)
+        response = await protocol.read_response(timeout=client.timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+    if response.code != 250:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
+
+
 async def _quit(client: aiosmtplib.SMTP, timeout: float = 5.0) -> None:
     """QUIT politely when still connected; close the transport in any case."""
     try:
@@ -526,7 +574,7 @@ class SmtpSession:
                     )
             if accepted:
                 try:
-                    response = await client.data(raw)
+                    response = await _send_data(client, raw)
                     reply = f"{response.code} {response.message}"
                     for rcpt in accepted:
                         results[rcpt] = RecipientResult(rcpt, None, reply, label)
