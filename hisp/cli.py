@@ -27,7 +27,7 @@ import click
 
 from hisp import __version__
 from hisp.adapters import http
-from hisp.adapters.bundles import DEFAULT_TIMEOUT, write_atomically
+from hisp.adapters.bundles import DEFAULT_TIMEOUT, write_atomically, write_through_special
 from hisp.adapters.revocation import BoundedFetcherBackend
 from hisp.addresses import DirectAddress, parse_address_list
 from hisp.commands.common import (
@@ -467,6 +467,11 @@ def _write_output(path: str, data: bytes) -> None:
     target = Path(path)
     if target.is_dir():
         raise click.BadParameter(f"{path} is a directory", param_hint="-o")
+    try:
+        if write_through_special(target, data):  # /dev/null, a FIFO: never renamed over
+            return
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
     temporary = target.with_name(f".{target.name}.partial")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

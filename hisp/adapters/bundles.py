@@ -25,6 +25,7 @@ import enum
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,14 @@ from hisp.core.certs import Certificate
 from hisp.core.policy import SecurityPolicy
 from hisp.errors import ConfigError, HispError
 
-__all__ = ["DEFAULT_TIMEOUT", "BundleRefresher", "RefreshOutcome", "RefreshStatus", "write_atomically"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "BundleRefresher",
+    "RefreshOutcome",
+    "RefreshStatus",
+    "write_atomically",
+    "write_through_special",
+]
 
 #: Time budget of one bundle fetch, in seconds.
 DEFAULT_TIMEOUT = 30.0
@@ -77,8 +85,36 @@ class RefreshOutcome:
     http_status: int | None = None
 
 
+def write_through_special(path: Path, data: bytes) -> bool:
+    """Write ``data`` into ``path`` in place when it exists and is not a regular file (``/dev/null``,
+    ``/dev/stdout``, a FIFO): renaming a new file over it, as :func:`write_atomically` does for a regular file,
+    would replace the device node itself with a regular file (as root, ``--out /dev/null`` would break the
+    machine's ``/dev/null``).
+
+    :param path: the target.
+    :param data: the content.
+    :returns: True when ``path`` was such a file and has been written; False when it is a regular file or does
+        not exist (nothing done).
+    :raises OSError: ``path`` is a directory, or cannot be opened or written.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(mode):
+        return False
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return True
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a mix.
+
+    A ``path`` that exists and is not a regular file (a device such as ``/dev/null``, a FIFO) is written
+    through in place instead (:func:`write_through_special`): never replaced.
 
     :param path: the target file; its directory must exist.
     :param data: the new content.
@@ -86,6 +122,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 
     Spec: TB-3 (replace atomically); POSIX ``rename(2)``.
     """
+    if write_through_special(path, data):
+        return
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
