@@ -20,6 +20,10 @@ _MAX_DOMAIN = 255
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 # dot-atom local part (RFC 5322 section 3.2.3); quoted local parts are not used by Direct.
 _LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# A bare addr-spec: dot-atom local part, "@", dot-separated labels of letters, digits and hyphens (no spaces,
+# quotes, comments, brackets or display name), for which getaddresses returns the text itself.
+_PLAIN_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,13 @@ class DirectAddress:
         :param text: e.g. ``"Dr A <Dr.A@Direct.Clinic.Example>"``.
         :raises AddressError: when there is not exactly one valid address.
         """
+        plain = _PLAIN_ADDRESS.fullmatch(text)
+        if plain is not None and len(plain.group(1)) <= _MAX_LOCAL:
+            # A bare local@domain, as nearly every From is: getaddresses would return it unchanged.
+            try:
+                return cls(plain.group(1).lower(), HealthDomain.parse(plain.group(2)))
+            except AddressError:
+                pass  # the general path below decides, and words the error
         candidates = [addr for _, addr in getaddresses([text]) if addr]
         if len(candidates) != 1:
             raise AddressError(f"not a single e-mail address: {text!r}", address=text)

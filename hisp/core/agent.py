@@ -17,7 +17,6 @@ anchor set (the trust issue adds per-domain stores, bundles and revocation behin
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -284,10 +283,12 @@ class SecurityAgent:
             raise MessageFormatError(
                 f"message of {len(message)} bytes exceeds the limit of {self.limits.max_message_bytes}"
             )
-        # The line endings found here spare wrap() counting them again over the whole message.
-        _, line_endings = mime._check_structure(message, self.limits, need_cr=True)
-        # Only the header fields are needed (check_structure has already parsed this entity within the limits).
-        headers = mime._parse_header_fields(message, self.limits)
+        # The line endings found and the entities parsed here spare wrap() counting and parsing them again.
+        memo: dict[tuple[int, int], mime._Parsed] = {}
+        _, line_endings = mime._check_structure(message, self.limits, need_cr=True, memo=memo)
+        # Only the header fields are needed: check_structure has parsed the top entity within the limits.
+        top = memo.get((0, len(message)))
+        headers = top.headers if top is not None else mime._parse_header_fields(message, self.limits)
         from_address = _single_address(headers, "From")
         if _header_values(headers, "Bcc"):
             # AS-13: Bcc is not allowed; the signed copy would show every blind recipient to the others.
@@ -326,7 +327,10 @@ class SecurityAgent:
             )
 
         outer_headers, signed_entity = mime._wrap(
-            message, copy_subject=self.policy.copy_subject, line_endings=line_endings
+            message,
+            copy_subject=self.policy.copy_subject,
+            line_endings=line_endings,
+            memo=memo if mime._memo_serves(self.limits) else None,
         )
         signature = smime.sign(signed_entity, signer, digest=self.policy.digest, at=at)
         # The multipart/signed entity is encrypted piece by piece (the signed entity is not copied into it).
@@ -474,7 +478,13 @@ class SecurityAgent:
 
         # The envelope's plaintext is no longer needed: keep only what the signature covers (DESIGN 3: drop
         # intermediates early; a 25 MB referral must not be held three times).
-        decrypted = dataclasses.replace(decrypted, content=b"")
+        decrypted = smime.DecryptedContent(
+            content=b"",
+            cipher=decrypted.cipher,
+            key_transport=decrypted.key_transport,
+            recipient=decrypted.recipient,
+            recipient_count=decrypted.recipient_count,
+        )
         del inner
         if not verdict.content or verdict.content.isspace():
             # A valid signature over nothing protects nothing: an unwrapped message would be all outer header.
@@ -489,7 +499,12 @@ class SecurityAgent:
         # From) join the outer ones, and the delivered message must have exactly one From, bound to the signer.
         sender = _single_address(mime._parse_header_fields(plain, self.limits), "From")
         del content_entity, unwrapped
-        verdict = dataclasses.replace(verdict, content=b"")
+        verdict = smime.SignatureVerdict(
+            valid_signers=verdict.valid_signers,
+            invalid_signers=verdict.invalid_signers,
+            certificates=verdict.certificates,
+            content=b"",
+        )
 
         accepted, binding, path, rejected = self._accept_signer(verdict, sender, at, trust)
         return IncomingResult(

@@ -132,6 +132,9 @@ class MimeLimits:
                 raise ConfigError(f"MimeLimits.{name} must be a positive integer, not {value!r}")
 
 
+_DEFAULT_LIMITS = MimeLimits()
+
+
 @dataclass(frozen=True)
 class ContentType:
     """A parsed Content-Type header field.
@@ -443,7 +446,45 @@ def _header_fields(header_block: bytes) -> list[bytes]:
     return [b"".join(lines) for lines in fields]
 
 
+# A header block with nothing to remark on: fields of a valid name, a colon and a value with its continuation
+# lines, each line ended by LF (CRLF as LF) except perhaps the last.
+_PLAIN_FIELD = r"[!-9;-~]+:[^\n]*(?:\n[ \t][^\n]*)*(?:\n|\Z)"
+_PLAIN_BLOCK = re.compile(rf"(?:{_PLAIN_FIELD})*")
+_PLAIN_FIELDS = re.compile(r"([!-9;-~]+):([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)")
+
+
+def _parse_plain_headers(header_block: bytes, limits: MimeLimits) -> tuple[tuple[str, str], ...] | None:
+    """:func:`_parse_headers` of a block it would record no defect for, or None (the block goes to it).
+
+    Such a block is ASCII, at most 998 octets (so no line is longer), has no bare CR, and every line is a field
+    ``name:value`` (a valid name, no space before the colon) or a continuation line after one.
+    """
+    if len(header_block) > _MAX_LINE or not header_block.isascii():
+        return None
+    text = header_block.decode("ascii")
+    if "\r" in text:
+        if text.count("\r") != text.count("\r\n"):
+            return None
+        text = text.replace("\r\n", "\n")
+    if _PLAIN_BLOCK.fullmatch(text) is None:
+        return None
+    fields = _PLAIN_FIELDS.findall(text)
+    if len(fields) > limits.max_headers:
+        return None
+    # unfolded as _parse_headers does: the lines joined without their line endings
+    return tuple((name, value.replace("\n", "").strip(" \t\r\n")) for name, value in fields)
+
+
 def _parse_headers(
+    header_block: bytes, limits: MimeLimits, defects: list[str]
+) -> tuple[tuple[str, str], ...]:
+    plain = _parse_plain_headers(header_block, limits)
+    if plain is not None:
+        return plain
+    return _parse_headers_slow(header_block, limits, defects)
+
+
+def _parse_headers_slow(
     header_block: bytes, limits: MimeLimits, defects: list[str]
 ) -> tuple[tuple[str, str], ...]:
     headers: list[tuple[str, str]] = []
@@ -564,6 +605,30 @@ class _Parsed:
         return self.buf[self.body_start : self.end]
 
 
+# An LF not preceded by CR; a CR not followed by LF. The regex engine jumps from one LF (CR) to the next in C,
+# twice as fast as counting CRLF pairs and LFs and comparing the counts.
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _has_bare_lf(buf: bytes, start: int, end: int) -> bool:
+    """Whether ``buf[start:end]`` holds an LF that is not the second half of a CRLF within it.
+
+    The same answer as ``buf.count(b"\\n", start, end) != buf.count(b"\\r\\n", start, end)``: an LF at ``start``
+    is bare (the regex's look-behind would see the byte before ``start``).
+    """
+    return buf.startswith(b"\n", start, end) or _BARE_LF.search(buf, start, end) is not None
+
+
+def _has_bare_cr(buf: bytes, start: int, end: int) -> bool:
+    """Whether ``buf[start:end]`` holds a CR that is not the first half of a CRLF within it.
+
+    The same answer as ``buf.count(b"\\r", start, end) != buf.count(b"\\r\\n", start, end)`` (the look-ahead
+    stops at ``end``).
+    """
+    return _BARE_CR.search(buf, start, end) is not None
+
+
 def _parse_range(
     buf: bytes,
     start: int,
@@ -593,16 +658,12 @@ def _parse_range(
         while buf.startswith(_BOM, start, end):
             start += len(_BOM)
         defects.append(DEFECT_BOM)
-    crlf = -1
     if bare_lf is None:
-        crlf = buf.count(b"\r\n", start, end)
-        bare_lf = buf.count(b"\n", start, end) != crlf
+        bare_lf = _has_bare_lf(buf, start, end)
     if bare_lf:
         defects.append(DEFECT_BARE_LF)
     if bare_cr is None and need_cr:
-        if crlf < 0:
-            crlf = buf.count(b"\r\n", start, end)
-        bare_cr = buf.count(b"\r", start, end) != crlf
+        bare_cr = _has_bare_cr(buf, start, end)
     header_end, body_start = _split_header_block(buf, limits, defects, start, end)
     header_block = buf[start:header_end]
     headers = _parse_headers(header_block, limits, defects)
@@ -657,8 +718,13 @@ def _b64encode_lines(data: bytes) -> bytes:
 
 _B64_LINES_PER_STEP = 1024
 _B64_STEP = struct.Struct("76s" * _B64_LINES_PER_STEP)  # cuts one step's encoding into its lines, in C
-_B64_LINE = struct.Struct("76s")
 _B64_CHUNK = 57 * _B64_LINES_PER_STEP  # input bytes per step: whole 57-byte lines
+
+
+@functools.lru_cache(maxsize=64)
+def _b64_lines_struct(count: int) -> struct.Struct:
+    """A struct that cuts ``count`` lines of 76 characters apart (the last, partial step of :func:`_b64_write`)."""
+    return struct.Struct("76s" * count)
 
 
 def _b64_write(out: io.BytesIO, data: bytes | memoryview) -> None:
@@ -674,10 +740,10 @@ def _b64_write(out: io.BytesIO, data: bytes | memoryview) -> None:
             out.write(CRLF.join(_B64_STEP.unpack(encoded)))
             out.write(CRLF)
             continue
-        whole = len(encoded) - len(encoded) % 76
-        lines = [line for (line,) in _B64_LINE.iter_unpack(memoryview(encoded)[:whole])]
-        if whole < len(encoded):
-            lines.append(encoded[whole:])
+        count = len(encoded) // 76
+        lines = list(_b64_lines_struct(count).unpack_from(encoded)) if count else []
+        if count * 76 < len(encoded):
+            lines.append(encoded[count * 76 :])
         lines.append(b"")
         out.write(CRLF.join(lines))
 
@@ -717,8 +783,7 @@ def _decode(encoding: str, body: bytes, defects: Sequence[str]) -> bytes:
 
 def _to_crlf(data: bytes) -> bytes:
     """Every bare LF and bare CR as CRLF; the same object when nothing changes."""
-    crlf = data.count(CRLF)
-    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+    if not _has_bare_lf(data, 0, len(data)) and not _has_bare_cr(data, 0, len(data)):
         return data
     return data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
@@ -986,10 +1051,35 @@ def canonicalize(message: bytes, limits: MimeLimits = MimeLimits()) -> bytes:
     return b"".join(_canonical_pieces(message, limits))
 
 
+#: The entities :func:`_check_structure` parsed, by their range in the message (see its ``memo``).
+_Memo = dict[tuple[int, int], "_Parsed"]
+
+
+def _memo_serves(limits: MimeLimits) -> bool:
+    """Whether entities parsed within ``limits`` are what parsing within the default limits would give.
+
+    Parsing depends on the limits only in where it raises; within limits no looser than the defaults it
+    raised wherever the defaults would have.
+    """
+    default = _DEFAULT_LIMITS
+    return (
+        limits.max_message_bytes <= default.max_message_bytes
+        and limits.max_header_bytes <= default.max_header_bytes
+        and limits.max_headers <= default.max_headers
+    )
+
+
 def _canonical_pieces(
-    message: bytes, limits: MimeLimits, line_endings: tuple[bool, bool | None] | None = None
+    message: bytes,
+    limits: MimeLimits,
+    line_endings: tuple[bool, bool | None] | None = None,
+    memo: _Memo | None = None,
 ) -> list[bytes | memoryview]:
-    """:func:`canonicalize` as pieces to join: unchanged bodies are views of ``message``, not copies."""
+    """:func:`canonicalize` as pieces to join: unchanged bodies are views of ``message``, not copies.
+
+    ``memo``: the entities of ``message`` :func:`_check_structure` parsed within limits that :func:`_memo_serves`
+    ``limits``, used instead of parsing them again.
+    """
     defects: list[str] = []
     if len(message) > limits.max_message_bytes:
         raise _error(
@@ -1002,7 +1092,8 @@ def _canonical_pieces(
     out: list[bytes | memoryview] = []
     try:
         bare_lf, bare_cr = line_endings or (None, None)
-        _canonical_entity((buf, 0, len(buf), bare_lf, bare_cr), 0, limits, defects, [0], out)
+        known = (buf, memo) if memo is not None else None
+        _canonical_entity((buf, 0, len(buf), bare_lf, bare_cr), 0, limits, defects, [0], out, known)
     except RecursionError as exc:
         raise _error("MIME structure nested too deeply", defects) from exc
     tail = b""
@@ -1092,12 +1183,25 @@ def _canonical_header_block(raw_header_block: bytes) -> bytes:
 
 
 def _canonical_entity(
-    span: _Range, depth: int, limits: MimeLimits, defects: list[str], counter: list[int], out: list[bytes | memoryview]
+    span: _Range,
+    depth: int,
+    limits: MimeLimits,
+    defects: list[str],
+    counter: list[int],
+    out: list[bytes | memoryview],
+    known: tuple[bytes, _Memo] | None = None,
 ) -> None:
-    """Append the canonical form of the entity ``span`` to ``out`` (header block, blank line, body)."""
+    """Append the canonical form of the entity ``span`` to ``out`` (header block, blank line, body).
+
+    ``known``: a buffer and the entities parsed from it (ranges of other buffers are parsed here).
+    """
     _enter(depth, limits, defects, counter)
     buf, start, end, bare_lf, bare_cr = span
-    parsed = _parse_range(buf, start, end, limits, bare_lf=bare_lf, bare_cr=bare_cr, need_cr=True)
+    parsed = known[1].get((start, end)) if known is not None and known[0] is buf else None
+    if parsed is None:
+        parsed = _parse_range(buf, start, end, limits, bare_lf=bare_lf, bare_cr=bare_cr, need_cr=True)
+    elif parsed.bare_cr is None:  # the structure check did not need it for this entity
+        parsed.bare_cr = _has_bare_cr(buf, parsed.start, parsed.end)
     defects.extend(parsed.defects)
     if parsed.start == parsed.end:
         return
@@ -1108,9 +1212,9 @@ def _canonical_entity(
         slot = len(out)
         out.append(b"")  # the header block, once the body says whether it is 7bit
         if content_type.maintype == "multipart":
-            _canonical_multipart(parsed, depth, limits, defects, counter, out)
+            _canonical_multipart(parsed, depth, limits, defects, counter, out, known)
         else:
-            _canonical_entity(_composite_range(parsed, defects), depth + 1, limits, defects, counter, out)
+            _canonical_entity(_composite_range(parsed, defects), depth + 1, limits, defects, counter, out, known)
         out[slot] = _relabel_composite(header_block, encoding, out[slot + 1 :]) + CRLF
         return
     _canonical_leaf(parsed, header_block, content_type, encoding, out)
@@ -1133,6 +1237,7 @@ def _canonical_multipart(
     defects: list[str],
     counter: list[int],
     out: list[bytes | memoryview],
+    known: tuple[bytes, _Memo] | None = None,
 ) -> None:
     body = _composite_range(parsed, defects)
     boundary = parsed.content_type.params.get("boundary", "")
@@ -1143,7 +1248,7 @@ def _canonical_multipart(
         out.append(CRLF)
     for index, (start, end) in enumerate(structure.parts):
         out.append(CRLF + dash_boundary + CRLF if index else dash_boundary + CRLF)
-        _canonical_entity(_sub_range(body, start, end), depth + 1, limits, defects, counter, out)
+        _canonical_entity(_sub_range(body, start, end), depth + 1, limits, defects, counter, out, known)
     if structure.parts:
         out.append(CRLF)
     out.append(dash_boundary + b"--")
@@ -1210,19 +1315,25 @@ def wrap(message: bytes, *, copy_subject: bool = True) -> tuple[list[tuple[str, 
 
 
 def _wrap(
-    message: bytes, *, copy_subject: bool = True, line_endings: tuple[bool, bool | None] | None = None
+    message: bytes,
+    *,
+    copy_subject: bool = True,
+    line_endings: tuple[bool, bool | None] | None = None,
+    memo: _Memo | None = None,
 ) -> tuple[list[tuple[str, str]], bytes]:
-    """:func:`wrap`; ``line_endings`` as found by :func:`_check_structure` for this message, if known."""
+    """:func:`wrap`; ``line_endings`` as found by :func:`_check_structure` for this message, if known, and ``memo``
+    the entities it parsed (within limits that :func:`_memo_serves` the defaults), used instead of parsing again."""
     buf = _as_bytes(message)
+    top = memo.get((0, len(buf))) if memo is not None else None
     # Only the header fields are needed here (bare-LF defects are not): the body is neither counted nor copied.
-    headers = _parse_range(buf, 0, len(buf), MimeLimits(), bare_lf=False).headers
+    headers = top.headers if top is not None else _parse_range(buf, 0, len(buf), _DEFAULT_LIMITS, bare_lf=False).headers
     wanted = set(_WRAP_HEADERS)
     if copy_subject:
         wanted.add("subject")
     outer = [(name, value) for name, value in headers if name.lower() in wanted]
     if not any(name.lower() == "mime-version" for name, _ in outer):
         outer.append(("MIME-Version", "1.0"))
-    pieces = _canonical_pieces(buf, MimeLimits(), line_endings)
+    pieces = _canonical_pieces(buf, _DEFAULT_LIMITS, line_endings, memo)
     return outer, b"".join([b"Content-Type: message/rfc822" + CRLF + CRLF, *pieces])
 
 

@@ -1275,9 +1275,9 @@ _ATTR_SIGNING_TIME = "1.2.840.113549.1.9.5"
 def _fast_signed_data(data: bytes) -> _SignedDataParse | None:
     """:func:`_parse_signed_data` of a strict-DER SignedData of the usual shape; None: leave it to asn1crypto.
 
-    The shape: version, digestAlgorithms, encapContentInfo without content (detached, or lifted out by
-    :func:`_lift_content`), certificates (X.509 only, at most :data:`MAX_CERTIFICATES`), no CRLs, at most
-    :data:`MAX_SIGNER_INFOS` SignerInfos, none RSASSA-PSS.
+    The shape: version, digestAlgorithms, encapContentInfo without content (detached) or with id-data in a
+    primitive OCTET STRING (copied out once), certificates (X.509 only, at most :data:`MAX_CERTIFICATES`), no
+    CRLs, at most :data:`MAX_SIGNER_INFOS` SignerInfos, none RSASSA-PSS.
     """
     try:
         _, body = _der_content_info(data, (_OID_SIGNED_DATA,))
@@ -1285,9 +1285,16 @@ def _fast_signed_data(data: bytes) -> _SignedDataParse | None:
         _der_expect(fields, 0, 0x02)  # version
         _der_expect(fields, 1, 0x31)  # digestAlgorithms (not read: each SignerInfo names its own)
         encap = _der_children(data, fields[2][2], fields[2][3]) if len(fields) > 2 and fields[2][0] == 0x30 else []
-        if len(encap) != 1:
-            raise _NotPlainDer  # no encapContentInfo, or content still in it (BER): asn1crypto's
+        if not 1 <= len(encap) <= 2:
+            raise _NotPlainDer
         econtent_type = _der_oid(data, encap[0])
+        encapsulated = None
+        if len(encap) == 2:
+            # eContent: [0] EXPLICIT OCTET STRING, primitive; other content types are read by asn1crypto's path
+            octets = _der_children(data, encap[1][2], encap[1][3]) if encap[1][0] == 0xA0 else []
+            if len(octets) != 1 or econtent_type != _OID_DATA:
+                raise _NotPlainDer
+            encapsulated = _der_octets(data, octets[0])
         index = 3
         certificates: list[Certificate] = []
         if index < len(fields) and fields[index][0] == 0xA0:
@@ -1311,7 +1318,7 @@ def _fast_signed_data(data: bytes) -> _SignedDataParse | None:
         infos = tuple(_fast_signer_info(data, element) for element in elements)
     except (_NotPlainDer, IndexError):  # IndexError: a shape check missed (asn1crypto then decides)
         return None
-    return _SignedDataParse(econtent_type, None, tuple(certificates), infos)
+    return _SignedDataParse(econtent_type, encapsulated, tuple(certificates), infos)
 
 
 def _fast_signer_info(data: bytes, element: tuple[int, int, int, int]) -> _SignerInfoData:
@@ -1398,13 +1405,15 @@ def verify(
     Spec: RFC 5652 sections 5.4 and 5.6; RFC 8551 section 2.5; RFC 4056; RFC 5753; AS-8, AS-14, AS-15.
     """
     _check_input(signed_data, max_bytes, "SignedData")
-    lifted = _lift_content(signed_data, (_OID_SIGNED_DATA,))
-    encapsulated: bytes | None = None
-    if lifted is not None:
-        signed_data, view = lifted
-        encapsulated = bytes(view)
     data = signed_data if isinstance(signed_data, bytes) else bytes(signed_data)
-    parsed = _fast_signed_data(data) or _parse_signed_data(data)
+    parsed = _fast_signed_data(data)
+    encapsulated: bytes | None = None
+    if parsed is None:
+        lifted = _lift_content(data, (_OID_SIGNED_DATA,))
+        if lifted is not None:
+            data, view = lifted
+            encapsulated = bytes(view)
+        parsed = _parse_signed_data(data)
     econtent_type, certificates, infos = parsed.econtent_type, parsed.certificates, parsed.infos
     if parsed.encapsulated is not None:
         encapsulated = parsed.encapsulated
@@ -1765,8 +1774,9 @@ def _fast_envelope(data: bytes, ciphertext: memoryview | None) -> tuple[str, _En
     """``_load_content_info`` + :func:`_parse_envelope` of a strict-DER (Auth)EnvelopedData of the usual shape.
 
     The shape: version, no originatorInfo, KeyTransRecipientInfos only, AES content encryption (CBC with a
-    16-byte IV), the ciphertext (or lifted out by :func:`_lift_content`), no authAttrs and no unprotected
-    attributes. None: leave it to asn1crypto (which also names a refused algorithm such as 3DES).
+    16-byte IV), the ciphertext (a view of ``data``, or ``ciphertext`` when lifted out by :func:`_lift_content`),
+    no authAttrs and no unprotected attributes. None: leave it to asn1crypto (which also names a refused
+    algorithm such as 3DES).
     """
     try:
         content_type, body = _der_content_info(data, (_OID_ENVELOPED_DATA, _OID_AUTH_ENVELOPED_DATA))
@@ -1811,7 +1821,7 @@ def _fast_envelope(data: bytes, ciphertext: memoryview | None) -> tuple[str, _En
         if len(eci) == 3:
             if eci[2][0] != 0x80 or ciphertext is not None:
                 raise _NotPlainDer
-            ciphertext = memoryview(data[eci[2][2] : eci[2][3]])
+            ciphertext = memoryview(data)[eci[2][2] : eci[2][3]]  # read in place, never copied
         elif ciphertext is None:
             raise _NotPlainDer  # detached: asn1crypto's path says so
         mac = None
@@ -1996,12 +2006,15 @@ def decrypt(
     """
     _check_input(enveloped, max_bytes, "EnvelopedData")
     expected = (_OID_ENVELOPED_DATA, _OID_AUTH_ENVELOPED_DATA)
-    lifted = _lift_content(enveloped, expected)
-    ciphertext: memoryview | None = None
-    if lifted is not None:
-        enveloped, ciphertext = lifted
     data = enveloped if isinstance(enveloped, bytes) else bytes(enveloped)
-    content_type, envelope = _fast_envelope(data, ciphertext) or _load_envelope(data, ciphertext)
+    fast = _fast_envelope(data, None)
+    if fast is None:
+        lifted = _lift_content(data, expected)
+        ciphertext: memoryview | None = None
+        if lifted is not None:
+            data, ciphertext = lifted
+        fast = _load_envelope(data, ciphertext)
+    content_type, envelope = fast
     authenticated = content_type == _OID_AUTH_ENVELOPED_DATA
 
     weak = _WEAK_CIPHERS.get(envelope.cipher_oid)

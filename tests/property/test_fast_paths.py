@@ -1,0 +1,231 @@
+"""The MIME and address fast paths give exactly what the general code gives (hypothesis).
+
+* ``mime._parse_plain_headers``: a header block with nothing to remark on, parsed by two regular expressions;
+  whenever it answers, ``mime._parse_headers_slow`` gives the same fields and records no defect.
+* ``mime._has_bare_lf`` / ``_has_bare_cr``: a regex search instead of counting CRLF, LF and CR.
+* ``mime._wrap`` / ``_canonical_pieces`` reusing the entities ``_check_structure`` parsed (its ``memo``): the same
+  outer headers and signed entity as parsing again.
+* ``mime._b64encode_lines``: the partial last step cut by one struct.
+* ``DirectAddress.parse`` of a bare ``local@domain`` without ``getaddresses``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+from unittest import mock
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from hisp import addresses
+from hisp.addresses import DirectAddress
+from hisp.core import mime
+from hisp.errors import AddressError, MessageFormatError
+
+SETTINGS = settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+LIMITS = mime.MimeLimits()
+
+# Header pieces: names valid and not, colons, folding, every kind of line ending, non-ASCII and NUL.
+_HEADER_PIECES = st.sampled_from(
+    [
+        b"From",
+        b"Content-Type",
+        b"X-A",
+        b":",
+        b": ",
+        b" ",
+        b"\t",
+        b"a",
+        b"value",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\r\n ",
+        b"\n\t",
+        b" :",
+        b"(x)",
+        b"\xc3\xa9",
+        b"\xff",
+        b"\x00",
+        b"=?utf-8?q?x?=",
+        b";",
+        b'"q"',
+    ]
+)
+
+
+@st.composite
+def header_blocks(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["pieces", "fields"]))
+    if kind == "pieces":
+        return b"".join(draw(st.lists(_HEADER_PIECES, max_size=40)))
+    newline = draw(st.sampled_from([b"\r\n", b"\n"]))
+    fields = []
+    for _ in range(draw(st.integers(0, 12))):
+        name = draw(st.from_regex(rb"[!-9;-~]{1,12}", fullmatch=True))
+        value = draw(st.from_regex(rb"[ -~\t]{0,40}", fullmatch=True))
+        folds = draw(st.lists(st.from_regex(rb"[ \t][ -~]{0,20}", fullmatch=True), max_size=2))
+        fields.append(name + b":" + value + b"".join(newline + fold for fold in folds) + newline)
+    block = b"".join(fields)
+    if block and draw(st.booleans()):
+        block = block[: -len(newline)]  # the last line without its line ending
+    return block
+
+
+@SETTINGS
+@given(header_blocks())
+@example(b"From: a@b.example\r\nSubject: x\r\n y\r\n")
+@example(b"A:\r\n \r\n")
+@example(b"A: b\r\r\n")
+def test_plain_header_blocks_parse_as_the_general_parser_does(block: bytes) -> None:
+    defects: list[str] = []
+    try:
+        slow: Any = mime._parse_headers_slow(block, LIMITS, defects)
+    except MessageFormatError as exc:
+        slow = exc
+    fast = mime._parse_plain_headers(block, LIMITS)
+    if fast is not None:
+        assert fast == slow
+        assert defects == []
+    assert mime._parse_headers(block, LIMITS, []) == (fast if fast is not None else slow)
+
+
+def test_plain_header_blocks_are_taken() -> None:
+    block = (
+        b"From: dr.bench@direct.clinic.example\r\nTo: intake@direct.hospital.example\r\n"
+        b'Content-Type: multipart/mixed;\r\n boundary="=_b"\r\nMIME-Version: 1.0\r\n'
+    )
+    assert mime._parse_plain_headers(block, LIMITS) == (
+        ("From", "dr.bench@direct.clinic.example"),
+        ("To", "intake@direct.hospital.example"),
+        ("Content-Type", 'multipart/mixed; boundary="=_b"'),
+        ("MIME-Version", "1.0"),
+    )
+    assert mime._parse_plain_headers(b"A: b\r\n" * 5, mime.MimeLimits(max_headers=4)) is None
+
+
+@SETTINGS
+@given(
+    st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"bc"]), max_size=30).map(b"".join),
+    st.integers(0, 70),
+    st.integers(0, 70),
+)
+def test_bare_line_endings_as_counted(data: bytes, start: int, end: int) -> None:
+    start, end = min(start, len(data)), min(max(start, end), len(data))
+    crlf = data.count(b"\r\n", start, end)
+    assert mime._has_bare_lf(data, start, end) == (data.count(b"\n", start, end) != crlf)
+    assert mime._has_bare_cr(data, start, end) == (data.count(b"\r", start, end) != crlf)
+
+
+# -- wrap with the structure check's memo ---------------------------------------------------------------------
+
+_BODIES = [
+    b"Hello\r\n",
+    b"8bit \xc3\xa9 text\r\n",
+    b"bare\nLF\n",
+    b"bare\rCR\r",
+    b"L" * 1200 + b"\r\n",
+    b"\x00binary\r\n",
+]
+
+
+@st.composite
+def plain_messages(draw: st.DrawFn) -> bytes:
+    newline = draw(st.sampled_from([b"\r\n", b"\n"]))
+    bom = draw(st.sampled_from([b"", b"\xef\xbb\xbf"]))
+    head = b"From: a@direct.example" + newline + b"To: b@direct.example" + newline + b"Subject: s" + newline
+    kind = draw(st.sampled_from(["leaf", "multipart", "rfc822", "encoded-rfc822"]))
+    encoding = draw(st.sampled_from([b"", b"Content-Transfer-Encoding: 8bit" + newline]))
+    body = draw(st.sampled_from(_BODIES))
+    leaf = b"Content-Type: text/plain" + newline + encoding + newline + body
+    if kind == "leaf":
+        return bom + head + encoding + newline + body
+    if kind == "rfc822":
+        return bom + head + b"Content-Type: message/rfc822" + newline + newline + b"Subject: in" + newline + leaf
+    if kind == "encoded-rfc822":
+        inner = base64.encodebytes(b"Subject: in\r\n" + leaf)
+        return (
+            bom + head + b"Content-Type: message/rfc822" + newline + b"Content-Transfer-Encoding: base64" + newline
+            + newline + inner
+        )  # fmt: skip
+    parts = draw(
+        st.lists(
+            st.sampled_from([leaf, b"Content-Type: message/rfc822" + newline + newline + leaf]), min_size=1, max_size=3
+        )
+    )
+    multipart = b"Content-Type: multipart/mixed; boundary=b" + newline + newline
+    multipart += b"".join(b"--b" + newline + part + newline for part in parts) + b"--b--" + newline
+    return bom + head + multipart
+
+
+@SETTINGS
+@given(plain_messages(), st.booleans())
+def test_wrap_with_the_memo_is_wrap(message: bytes, copy_subject: bool) -> None:
+    memo: dict[tuple[int, int], Any] = {}
+    _, line_endings = mime._check_structure(message, LIMITS, need_cr=True, memo=memo)
+    assert mime._wrap(message, copy_subject=copy_subject, line_endings=line_endings, memo=memo) == mime.wrap(
+        message, copy_subject=copy_subject
+    )
+    assert b"".join(mime._canonical_pieces(message, LIMITS, line_endings, memo)) == mime.canonicalize(message)
+
+
+def test_memo_serves_only_limits_no_looser_than_the_defaults() -> None:
+    assert mime._memo_serves(mime.MimeLimits())
+    assert mime._memo_serves(mime.MimeLimits(max_headers=10, max_header_bytes=1000, max_message_bytes=10**6))
+    assert not mime._memo_serves(mime.MimeLimits(max_headers=5000))
+    assert not mime._memo_serves(mime.MimeLimits(max_header_bytes=10**6))
+    assert not mime._memo_serves(mime.MimeLimits(max_message_bytes=10**9))
+
+
+@SETTINGS
+@given(st.integers(0, 3 * 57 * 1024 + 200))
+def test_base64_lines(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert mime._b64encode_lines(data) == base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+# -- addresses ---------------------------------------------------------------------------------------------------
+
+
+def _parse_general(text: str) -> Any:
+    with mock.patch.object(addresses, "_PLAIN_ADDRESS", re.compile(r"(?!)")):
+        try:
+            return DirectAddress.parse(text)
+        except AddressError as exc:
+            return ("error", exc.message)
+
+
+def _parse(text: str) -> Any:
+    try:
+        return DirectAddress.parse(text)
+    except AddressError as exc:
+        return ("error", exc.message)
+
+
+@SETTINGS
+@given(
+    st.one_of(
+        st.from_regex(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,70}@[A-Za-z0-9.-]{1,70}", fullmatch=True),
+        st.lists(
+            st.sampled_from(["a", "B", ".", "@", "-", "..", " ", "<", ">", '"', "(c)", ",", "x.org", "é", "\n", "_"]),
+            max_size=12,
+        ).map("".join),
+    )
+)
+@example("dr.bench@direct.clinic.example")
+@example("Dr.Bench@Direct.Clinic.Example")
+@example("a..b@x.org")
+@example("a@-x.org")
+@example("a@x..org")
+@example("a@" + "x" * 64 + ".org")
+@example("a" * 65 + "@x.org")
+def test_plain_addresses_parse_as_getaddresses_does(text: str) -> None:
+    assert _parse(text) == _parse_general(text)
