@@ -452,3 +452,61 @@ def test_reload_applies_a_new_discovery_section_and_clears(tmp_path: Path, pki: 
     assert discovery.dns.require_dnssec and discovery.dns.server == dns.server
     result = _run(discovery.discover(SENDER, DR_B, at=AT))
     assert result.chosen == (dr_b,) and result.deciding_tier is Tier.LOCAL and not result.from_cache
+
+
+# -- the gateway's wiring (hisp.app): ConfigHosting's outgoing anchors, a trust reload, the discovery reload ----
+
+
+def _gateway_config(directory: Path, anchor: Path, partner: Path) -> Path:
+    from hisp.testing.hosting import write_hosted_domain
+
+    hosted = write_hosted_domain(directory, TestPKI(at=AT, name="Our CA"), "clinic.example", extra=f"""
+[[trust.anchor]]
+file = "{anchor}"
+domains = ["clinic.example"]
+directions = ["outgoing"]
+
+[discovery]
+negative_ttl = 60
+
+[[discovery.local]]
+domain = "{PARTNER}"
+file = "{partner}"
+""")
+    return hosted.config_path
+
+
+def test_gateway_wiring_judges_with_the_senders_anchors_and_a_trust_reload_clears_the_cache(
+    tmp_path: Path, pki: TestPKI, stranger: TestPKI
+) -> None:
+    """As ``hisp.app.Node`` builds it: ``SenderDiscovery(config.discovery, dns=dns_from_config(...),
+    trust_for=hosting.trust)``; on SIGHUP the node swaps ``hosting.stores`` and calls ``reload``."""
+    from hisp.adapters.truststores import TrustStores
+    from hisp.app import ConfigHosting
+    from hisp.config import load_config
+    from hisp.testing.hosting import PASSPHRASE_ENV
+
+    anchor = tmp_path / "partner-ca.pem"
+    anchor.write_bytes(pki.ca.certificate.to_pem())
+    partner = tmp_path / "partner.pem"
+    partner.write_bytes(pki.domain(PARTNER).certificate.to_pem())
+    config = load_config(_gateway_config(tmp_path, anchor, partner))
+    environ = {PASSPHRASE_ENV: "p12 passphrase"}
+    hosting = ConfigHosting(config, environ, TrustStores(config.trust, now=AT), None)
+    dns = FakeDns()
+    discovery = SenderDiscovery(
+        config.discovery, dns=dns, trust_for=hosting.trust, policy=config.trust.policy, clock=Clock(),
+    )
+    sender = HealthDomain.parse("clinic.example")
+    found = _run(discovery.discover(sender, NURSE, at=AT))
+    assert found.chosen == (pki.domain(PARTNER).certificate,) and found.deciding_tier is Tier.LOCAL
+    assert dns.asked == []  # the local store answered
+    # SIGHUP: the partner's CA is no longer an outgoing anchor
+    anchor.write_bytes(stranger.ca.certificate.to_pem())
+    reloaded = load_config(config.path)
+    hosting.stores = TrustStores(reloaded.trust, now=AT)
+    assert _run(discovery.discover(sender, NURSE, at=AT)).from_cache  # still the old verdict: hence reload()
+    discovery.reload(reloaded.discovery)
+    with pytest.raises(CertificateNotFound) as caught:
+        _run(discovery.discover(sender, NURSE, at=AT))
+    assert caught.value.context["result"].deciding_tier is Tier.LOCAL and not caught.value.context["result"].from_cache
