@@ -24,8 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from hisp.adapters.bundles import RefreshOutcome, RefreshStatus
-from hisp.adapters.discovery import CertificateDiscovery, DiscoveryCache
-from hisp.adapters.dns import DnsClient
+from hisp.adapters.discovery import SenderDiscovery, dns_from_config
 from hisp.adapters.edge import EdgeDelivery
 from hisp.adapters.revocation import BoundedFetcherBackend
 from hisp.adapters.smtp_relay import MxResolver, SmtpRelay, SmtpSession
@@ -44,7 +43,6 @@ from hisp.addresses import DirectAddress, HealthDomain
 from hisp.config import Config, ListenerConfig, RelayMode
 from hisp.core.agent import SecurityAgent
 from hisp.core.certs import Credential
-from hisp.core.discovery import DiscoveryResult
 from hisp.core.policy import RevocationMode
 from hisp.core.smtp_policy import RecipientResult
 from hisp.core.trust import StoreTrust
@@ -52,7 +50,7 @@ from hisp.errors import AddressError, ConfigError, HispError
 from hisp.pipeline import NoticeSettings, Observer, Pipeline
 from hisp.ports import DomainTrust
 
-__all__ = ["ConfigHosting", "Node", "StoreDiscovery", "check_can_start", "log_bundle_outcomes", "utc_now"]
+__all__ = ["ConfigHosting", "Node", "check_can_start", "log_bundle_outcomes", "utc_now"]
 
 _log = logging.getLogger("hisp.app")
 
@@ -121,33 +119,6 @@ class ConfigHosting:
             return False
 
 
-class StoreDiscovery:
-    """:class:`hisp.ports.CertificateSource`: discovery judged against the sender domain's outgoing anchors.
-
-    One result cache per sender domain: two hosted domains may trust different anchors (AS-21).
-
-    :param dns: the DNS client (CERT, SRV, A).
-    :param hosting: gives the trust seam of each sender domain.
-    :param agent: the security agent (its policy judges paths).
-
-    Spec: CD-1 .. CD-10; AS-21 (outgoing).
-    """
-
-    def __init__(self, dns: DnsClient, hosting: ConfigHosting, agent: SecurityAgent) -> None:
-        self.dns = dns
-        self.hosting = hosting
-        self.agent = agent
-        self._caches: dict[HealthDomain, DiscoveryCache] = {}
-
-    async def discover(self, sender: HealthDomain, address: DirectAddress, *, at: datetime) -> DiscoveryResult:
-        """See :meth:`hisp.ports.CertificateSource.discover`."""
-        cache = self._caches.setdefault(sender, DiscoveryCache())
-        discovery = CertificateDiscovery(
-            dns=self.dns, trust=self.hosting.trust(sender), policy=self.agent.policy, cache=cache,
-        )
-        return await discovery.discover(address, at=at)
-
-
 class _Relay:
     """:class:`hisp.ports.Relay` over :class:`~hisp.adapters.smtp_relay.SmtpRelay`."""
 
@@ -206,6 +177,7 @@ class Node:
         self.backbone: SmtpListener | None = None
         self._stop = asyncio.Event()
         self._stores: TrustStores | None = None
+        self._discovery: SenderDiscovery | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: tuple[SmtpRelay | EdgeDelivery, ...] = ()
         self._executor = ThreadPoolExecutor(max_workers=max(4, 2 * self.workers), thread_name_prefix="hisp-work")
@@ -219,7 +191,10 @@ class Node:
         revocation = BoundedFetcherBackend() if checks or config.trust.revocation is not RevocationMode.OFF else None
         hosting = ConfigHosting(config, self.environ, stores, revocation)
         agent = SecurityAgent(policy=config.trust.policy, limits=config.limits.mime)
-        dns = DnsClient(config.relay.dns_server)
+        discovery = SenderDiscovery(
+            config.discovery, dns=dns_from_config(config.discovery, config.relay.dns_server),
+            trust_for=hosting.trust, policy=agent.policy,
+        )
         relay_config = config.relay
         session = SmtpSession(
             local_hostname=config.node.hostname, require_tls=relay_config.require_tls, timeout=relay_config.timeout
@@ -237,7 +212,7 @@ class Node:
         store = SqlStore.open(url, spool_dir=config.storage.spool_dir)
         pipeline = Pipeline(
             store=store, queue=store, audit=store, agent=agent, hosting=hosting,
-            certificates=StoreDiscovery(dns, hosting, agent), relay=_Relay(relay), edge=edge, node=self.name,
+            certificates=discovery, relay=_Relay(relay), edge=edge, node=self.name,
             clock=self.clock, schedule=config.queue.retry, lease_seconds=config.queue.lease,
             executor=self._executor, observer=self.observer, tracking=store,
             notices=NoticeSettings(
@@ -247,6 +222,7 @@ class Node:
             ),
         )
         self._hosting = hosting
+        self._discovery = discovery
         self._connections = (relay, edge)
         return store, pipeline, stores
 
@@ -359,6 +335,8 @@ class Node:
         ):
             hosting.revocation = BoundedFetcherBackend()
         hosting.stores = stores  # one assignment: readers see the old stores or the new ones, never a mix
+        if self._discovery is not None:  # verdicts made with the old anchors must not be served (AS-20)
+            self._discovery.reload(config.discovery)
         self._stores = stores
         old = self.config
         restart = [
