@@ -100,6 +100,12 @@ def summary(config: Config) -> str:
     trusted = config.trust
     lines.append(f"trust: {len(trusted.anchors)} anchor files, {len(trusted.bundles)} bundles, "
                  f"{len(trusted.intermediates)} intermediates files")
+    found = config.discovery
+    lines.append(
+        f"discovery: {len(found.local)} local certificate entries, cache {found.cache_size} results "
+        f"(LDAP {found.ldap_ttl} s, not found {found.negative_ttl} s), "
+        f"DNSSEC {'required' if found.require_dnssec else 'not required'}"
+    )
     for user in config.users:
         lines.append(f"user {user.name}: may send from {', '.join(str(a) for a in user.addresses)}")
     lines.append("listeners:")

@@ -182,6 +182,9 @@ def test_config_check_prints_a_summary(tmp_path: Path) -> None:
     assert "submission: not run" in result.output and "backbone: 127.0.0.1:2525" in result.output
     assert f"storage: sqlite:///{tmp_path}/hisp.sqlite3" in result.output
     assert "notifications: MDNs sent for received messages; tracking timeout 3600 s" in result.output
+    assert "trust: 0 anchor files, 0 bundles, 0 intermediates files" in result.output
+    assert ("discovery: 0 local certificate entries, cache 10000 results (LDAP 3600 s, not found 300 s), "
+            "DNSSEC not required") in result.output
 
 
 def test_config_check_fails_with_one_line(tmp_path: Path) -> None:
