@@ -1383,6 +1383,10 @@ def validate(
         )
     except (TrustError, PolicyViolation) as exc:
         reason = exc.reason if isinstance(exc, TrustError) else "policy"
+        message = exc.message
+        aia_failures = [f"{r.url}: {r.detail}" for r in progress.records if not r.ok and r.kind == "certificate"]
+        if aia_failures:  # "no issuer found" because the AIA server failed, not because there is none (AS-20)
+            message += "; AIA caIssuers fetch failed: " + "; ".join(dict.fromkeys(aia_failures))
         if progress.chain:
             nearest: TrustAnchor | None = _anchor_for(progress.chain[-1], anchors)
         else:
@@ -1396,7 +1400,7 @@ def validate(
             anchor=None,
             nearest_anchor=nearest,
             reason=reason,
-            failure=exc.message,
+            failure=message,
             revocation=result,
             policy_rule=rule,
             warnings=tuple(progress.warnings),
@@ -1405,11 +1409,11 @@ def validate(
         )
         context = {k: v for k, v in exc.context.items() if k != "verdict"}
         error = TrustError if isinstance(exc, TrustError) else PolicyViolation
-        failed = _Outcome(verdict, error, exc.message, tuple(context.items()))
+        failed = _Outcome(verdict, error, message, tuple(context.items()))
         _remember(key, at, failed, seen, progress, policy.clock_skew)
         if isinstance(exc, TrustError):
-            raise TrustError(exc.message, reason=exc.reason, verdict=verdict, **context) from None
-        raise PolicyViolation(exc.message, verdict=verdict, **context) from None
+            raise TrustError(message, reason=exc.reason, verdict=verdict, **context) from None
+        raise PolicyViolation(message, verdict=verdict, **context) from None
     trusted = TrustVerdict(
         certificate=certificate,
         direction=direction,

@@ -184,11 +184,6 @@ def test_oversized_aia_answer_is_refused_and_ends_untrusted(aia: AiaWorld, decla
     assert aia.validate(leaf, roomy).chain == (leaf, aia.inter.certificate, aia.root.certificate)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect in hisp/core/trust.py: a failed AIA fetch (here: answer over the size limit) is not named in "
-    "the TrustVerdict (failure, explain, JSON): only certvalidator's 'no issuer matching ... was found'",
-)
 def test_oversized_aia_answer_is_named_in_the_verdict(aia: AiaWorld) -> None:
     """AS-20 (explainable decisions; AIA bounded in size): the refusal of an oversized AIA answer shows in
     the failed verdict, so that an operator can tell "the AIA server sent too much" from "no issuer"."""
