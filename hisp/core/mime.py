@@ -412,8 +412,8 @@ def _split_header_block(
     if raw[start : start + 1] in (b"\n", b"\r") and start < end:
         return start, start + 1
     search_end = min(end, start + limits.max_header_bytes + 4)
-    match = _HEADER_END.search(raw, start, search_end)
-    if match is None:
+    found = _find_header_end(raw, start, search_end)
+    if found is None:
         if end - start > limits.max_header_bytes:
             raise _error(
                 f"header block exceeds the limit of {limits.max_header_bytes} bytes",
@@ -423,16 +423,53 @@ def _split_header_block(
         if end > start:
             defects.append(DEFECT_NO_SEPARATOR)
         return end, end
+    match_start, match_end = found
     # Keep the last header line's line ending in the header block.
-    newline_length = 2 if raw[match.start() : match.start() + 2] == b"\r\n" else 1
-    header_end = match.start() + newline_length
+    newline_length = 2 if raw[match_start : match_start + 2] == b"\r\n" else 1
+    header_end = match_start + newline_length
     if header_end - start > limits.max_header_bytes:
         raise _error(
             f"header block exceeds the limit of {limits.max_header_bytes} bytes",
             defects,
             limit=limits.max_header_bytes,
         )
-    return header_end, match.end()
+    return header_end, match_end
+
+
+def _find_header_end(raw: bytes, start: int, end: int) -> tuple[int, int] | None:
+    """The span of the first ``_HEADER_END`` match in ``raw[start:end]``, or None.
+
+    Without a bare CR before it, a blank line is an LF followed by LF or CRLF (with the CR before that first LF,
+    if any): ``bytes.find`` jumps from line to line in C, where the regex would try every position (the search
+    never reads past the header, however large the body). After :data:`_HEADER_LINES_FOUND` lines, or with a
+    bare CR before the blank line, the regex decides.
+    """
+    pos = start
+    for _ in range(_HEADER_LINES_FOUND):
+        position = raw.find(b"\n", pos, end)
+        if position == -1:
+            break
+        if raw.startswith(b"\n", position + 1, end):
+            length = 2
+        elif raw.startswith(b"\r\n", position + 1, end):
+            length = 3
+        else:
+            pos = position + 1
+            continue
+        if _BARE_CR.search(raw, start, position + 1) is not None:
+            break  # a bare CR may end a line (or a blank line) before it
+        match_start = position - 1 if position > start and raw[position - 1] == 0x0D else position
+        return match_start, position + length
+    return _regex_header_end(raw, start, end)
+
+
+#: Header lines :func:`_find_header_end` steps over before leaving the search to the regex (bounded work).
+_HEADER_LINES_FOUND = 64
+
+
+def _regex_header_end(raw: bytes, start: int, end: int) -> tuple[int, int] | None:
+    match = _HEADER_END.search(raw, start, end)
+    return None if match is None else match.span()
 
 
 def _header_fields(header_block: bytes) -> list[bytes]:
@@ -688,6 +725,12 @@ def _b64decode_tolerant(data: bytes | memoryview, defects: Sequence[str] = ()) -
             out.write(bytes(data[offset : offset + _ASCII_CHUNK]).translate(None, _WHITESPACE))
         compact = out.getvalue()
         del out
+    try:
+        # Canonical base64 (the alphabet, padded, nothing after the padding), as senders write it: decoded and
+        # checked in one pass; the tolerant reading below would give the same bytes.
+        return binascii.a2b_base64(compact, strict_mode=True)
+    except binascii.Error:
+        pass
     # Outside the alphabet only trailing "=" may remain (as if stripped, then checked).
     others = compact.translate(None, _B64_ALPHABET)
     padding = len(others)
@@ -764,6 +807,9 @@ def decode_body(entity: Entity) -> bytes:
     """
     encoding = entity.transfer_encoding
     if encoding == "base64":
+        if len(entity.raw) - entity._body_start < _ASCII_CHUNK:
+            # a small body: one slice, compacted by translate (the view is for large bodies, never copied whole)
+            return _b64decode_tolerant(entity.body, entity.defects)
         return _b64decode_tolerant(entity._body_view(), entity.defects)
     return _decode(encoding, entity.body, entity.defects)
 

@@ -403,6 +403,12 @@ def _der_length(length: int) -> bytes:
 
 
 def _der_header(tag: int, length: int) -> bytes:
+    if length < 0x80:
+        return bytes((tag, length))
+    if length < 0x100:
+        return bytes((tag, 0x81, length))
+    if length < 0x10000:
+        return bytes((tag, 0x82, length >> 8, length & 0xFF))
     return bytes([tag]) + _der_length(length)
 
 
@@ -857,6 +863,16 @@ def _splice_encapsulated(der: bytes, content: bytes) -> bytes:
 # --------------------------------------------------------------------------------------------------------
 
 
+def _signing_time_der(at: datetime) -> bytes:
+    """The signingTime value's DER for ``at`` (aware, UTC, whole seconds, as :func:`_check_at` gives it).
+
+    UTCTime ``YYMMDDHHMMSSZ`` (X.690 section 11.8) written directly: what asn1crypto's UTCTime writes.
+    """
+    if 1950 <= at.year <= 2049:
+        return _tlv(0x17, at.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+    return bytes(_signing_time(at).dump())
+
+
 def _signing_time(at: datetime) -> Any:
     # RFC 5652 section 11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
     if 1950 <= at.year <= 2049:
@@ -992,7 +1008,7 @@ def _sign(
 
     attributes = [
         _CONTENT_TYPE_DATA_ATTRIBUTE,
-        _attribute_der("signing_time", bytes(_signing_time(at).dump())),
+        _attribute_der("signing_time", _signing_time_der(at)),
         _attribute_der("message_digest", _tlv(0x04, message_digest)),
     ]
     if capabilities is not None:

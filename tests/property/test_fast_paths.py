@@ -125,6 +125,24 @@ def test_bare_line_endings_as_counted(data: bytes, start: int, end: int) -> None
     assert mime._has_bare_cr(data, start, end) == (data.count(b"\r", start, end) != crlf)
 
 
+@SETTINGS
+@given(
+    st.lists(st.sampled_from([b"a", b":", b"\r", b"\n", b"\r\n", b"\n\r", b"\r\r", b"\n\n", b" "]), max_size=30).map(
+        b"".join
+    ),
+    st.integers(0, 70),
+    st.integers(0, 70),
+)
+@example(b"a:b\r\n" * 70 + b"\r\nbody", 0, 1000)  # more lines than the finder steps over
+@example(b"a:b\r\n" * 63 + b"\r\nbody", 0, 1000)
+@example(b"a:b\r\n" * 64 + b"\r\nbody", 0, 1000)
+@example(b"a:b\rc:d\r\n\r\n", 0, 12)  # a bare CR before the blank line
+@example(b"a:b\n\rc", 0, 6)  # LF then a bare CR: a blank line
+def test_header_end_as_the_regex_finds_it(data: bytes, start: int, end: int) -> None:
+    start, end = min(start, len(data)), min(max(start, end), len(data))
+    assert mime._find_header_end(data, start, end) == mime._regex_header_end(data, start, end)
+
+
 # -- wrap with the structure check's memo ---------------------------------------------------------------------
 
 _BODIES = [
@@ -190,6 +208,36 @@ def test_memo_serves_only_limits_no_looser_than_the_defaults() -> None:
 def test_base64_lines(size: int) -> None:
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
     assert mime._b64encode_lines(data) == base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def _b64decode_tolerant_general(data: bytes) -> Any:
+    """The tolerant decoding without the strict first attempt (what _b64decode_tolerant did before it)."""
+    compact = data.translate(None, mime._WHITESPACE)
+    others = compact.translate(None, mime._B64_ALPHABET)
+    padding = len(others)
+    if others.strip(b"=") or not compact.endswith(others):
+        return "invalid"
+    length = len(compact) - padding
+    if length % 4 == 1:
+        return "truncated"
+    return base64.b64decode(compact[:length] + b"=" * (-length % 4))
+
+
+@SETTINGS
+@given(
+    st.one_of(
+        st.binary(max_size=60).map(base64.encodebytes),
+        st.lists(
+            st.sampled_from([b"QUJD", b"QQ", b"=", b"==", b"\r\n", b" ", b"A", b"*", b"\x00", b"Zg=="]), max_size=12
+        ).map(b"".join),
+    )
+)
+def test_base64_decoding_is_the_tolerant_decoding(data: bytes) -> None:
+    try:
+        decoded: Any = mime._b64decode_tolerant(data)
+    except MessageFormatError as exc:
+        decoded = "truncated" if "truncated" in exc.message else "invalid"
+    assert decoded == _b64decode_tolerant_general(data)
 
 
 # -- addresses ---------------------------------------------------------------------------------------------------

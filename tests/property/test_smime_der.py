@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 from unittest import mock
 
@@ -292,6 +293,21 @@ def test_walker_declines_short_shapes() -> None:
                 _verify_both(der, CONTENT)
             else:
                 _decrypt_both(der)
+
+
+@SETTINGS
+@given(
+    st.datetimes(min_value=datetime(1950, 1, 1), max_value=datetime(2049, 12, 31, 23, 59, 59), timezones=st.just(UTC))
+)
+def test_signing_time_is_what_asn1crypto_writes(at: datetime) -> None:
+    at = at.replace(microsecond=0)
+    assert smime._signing_time_der(at) == bytes(smime._signing_time(at).dump())
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(0, 255))
+def test_der_header_is_the_general_encoding(length: int, tag: int) -> None:
+    assert smime._der_header(tag, length) == bytes([tag]) + smime._der_length(length)
 
 
 def test_der_tlv_refusals() -> None:
