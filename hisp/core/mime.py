@@ -630,6 +630,8 @@ class _Parsed:
     defects: list[str]
     bare_lf: bool
     bare_cr: bool | None
+    #: the split of a multipart body that is a range of ``buf`` (set by the structure check's walk)
+    multipart: _Multipart | None = None
 
     @property
     def transfer_encoding(self) -> str:
@@ -1059,6 +1061,8 @@ def _walk(
         structure = _split_multipart(
             body[0], content_type.params.get("boundary", ""), limits, defects, start=body[1], end=body[2]
         )
+        if inner_memo is not None:
+            parsed.multipart = structure
         for part_start, part_end in structure.parts:
             _walk(_sub_range(body, part_start, part_end), depth + 1, limits, defects, counter, memo=inner_memo)
     elif content_type.mime_type in _MESSAGE_TYPES:
@@ -1112,6 +1116,7 @@ def _memo_serves(limits: MimeLimits) -> bool:
         limits.max_message_bytes <= default.max_message_bytes
         and limits.max_header_bytes <= default.max_header_bytes
         and limits.max_headers <= default.max_headers
+        and limits.max_parts <= default.max_parts
     )
 
 
@@ -1287,7 +1292,11 @@ def _canonical_multipart(
 ) -> None:
     body = _composite_range(parsed, defects)
     boundary = parsed.content_type.params.get("boundary", "")
-    structure = _split_multipart(body[0], boundary, limits, defects, start=body[1], end=body[2])
+    structure = parsed.multipart if known is not None and body[0] is known[0] else None
+    if structure is None:
+        structure = _split_multipart(body[0], boundary, limits, defects, start=body[1], end=body[2])
+    else:  # split by the structure check: its defects, as splitting again would record them
+        defects.extend(_multipart_defects(structure))
     dash_boundary = b"--" + _boundary_bytes(boundary)
     if structure.preamble is not None:
         out.append(_to_crlf(structure.preamble))
@@ -1508,6 +1517,14 @@ def split_multipart_signed(entity: Entity, limits: MimeLimits = MimeLimits()) ->
     return _split_multipart_signed(entity, limits)
 
 
+def _multipart_defects(structure: _Multipart) -> list[str]:
+    """The defects :func:`_split_multipart` records for the split it returned."""
+    defects = [] if structure.closed else [DEFECT_NO_CLOSE_DELIMITER]
+    if not structure.parts:
+        defects.append(DEFECT_NO_PARTS)
+    return defects
+
+
 def _open_signed_layer(raw: bytes, limits: MimeLimits) -> tuple[Entity, SignedParts | None]:
     """``check_structure(raw, limits)``, then ``parse_entity(raw, limits)`` and, when it is multipart/signed,
     ``split_multipart_signed`` of it: the same results and errors, but every entity is parsed (and its line
@@ -1518,14 +1535,21 @@ def _open_signed_layer(raw: bytes, limits: MimeLimits) -> tuple[Entity, SignedPa
     entity = _entity_of(top)
     if entity.content_type.mime_type != "multipart/signed":
         return entity, None
-    return entity, _split_multipart_signed(entity, limits, memo, top.start)
+    # the walk split this body (a range of raw, when it starts at 0 and was not decoded): split it once
+    structure = top.multipart if top.start == 0 else None
+    return entity, _split_multipart_signed(entity, limits, memo, top.start, structure)
 
 
 def _split_multipart_signed(
-    entity: Entity, limits: MimeLimits, memo: dict[tuple[int, int], _Parsed] | None = None, base: int = 0
+    entity: Entity,
+    limits: MimeLimits,
+    memo: dict[tuple[int, int], _Parsed] | None = None,
+    base: int = 0,
+    structure: _Multipart | None = None,
 ) -> SignedParts:
     """:func:`split_multipart_signed`; ``memo`` holds parsed ranges of a buffer in which ``entity.raw`` starts at
-    ``base`` (see :func:`_open_signed_layer`), to be used instead of parsing those ranges again."""
+    ``base`` (see :func:`_open_signed_layer`), to be used instead of parsing those ranges again; ``structure``, when
+    given, is the split of ``entity.raw``'s body found by the structure check (within the same limits)."""
 
     def part(start: int, end: int) -> tuple[bytes, Entity, _Parsed | None]:
         whole = body[start:end]
@@ -1538,14 +1562,19 @@ def _split_multipart_signed(
         raise _error(f"expected multipart/signed, found {content_type.mime_type}", defects)
     # Split on the entity's own bytes (``body`` is ``raw[_body_start:]``): the body is never copied.
     body = entity.raw
-    structure = _split_multipart(
-        body,
-        content_type.params.get("boundary", ""),
-        limits,
-        defects,
-        required_closed=True,
-        start=entity._body_start,
-    )
+    if structure is None:
+        structure = _split_multipart(
+            body,
+            content_type.params.get("boundary", ""),
+            limits,
+            defects,
+            required_closed=True,
+            start=entity._body_start,
+        )
+    elif not structure.closed:
+        raise _error("multipart without closing delimiter", defects, boundary=content_type.params.get("boundary", ""))
+    elif not structure.parts:
+        defects.append(DEFECT_NO_PARTS)
     if len(structure.parts) != 2:
         raise _error(
             f"multipart/signed must have exactly two body parts, found {len(structure.parts)}",

@@ -574,7 +574,15 @@ def _der_children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int,
     while pos < end:
         if len(children) >= _FAST_MAX_CHILDREN:
             raise _NotPlainDer
-        tag, content_start, content_end = _der_tlv(buf, pos, end)
+        # _der_tlv inlined for the short form (the common case in this hot loop); the long form goes through it
+        if pos + 2 <= end and buf[pos + 1] < 0x80 and buf[pos] & 0x1F != 0x1F:
+            tag = buf[pos]
+            content_start = pos + 2
+            content_end = content_start + buf[pos + 1]
+            if content_end > end:
+                raise _NotPlainDer
+        else:
+            tag, content_start, content_end = _der_tlv(buf, pos, end)
         children.append((tag, pos, content_start, content_end))
         pos = content_end
     return children

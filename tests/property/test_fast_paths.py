@@ -176,11 +176,12 @@ def plain_messages(draw: st.DrawFn) -> bytes:
         )  # fmt: skip
     parts = draw(
         st.lists(
-            st.sampled_from([leaf, b"Content-Type: message/rfc822" + newline + newline + leaf]), min_size=1, max_size=3
+            st.sampled_from([leaf, b"Content-Type: message/rfc822" + newline + newline + leaf]), min_size=0, max_size=3
         )
     )
     multipart = b"Content-Type: multipart/mixed; boundary=b" + newline + newline
-    multipart += b"".join(b"--b" + newline + part + newline for part in parts) + b"--b--" + newline
+    multipart += b"".join(b"--b" + newline + part + newline for part in parts)
+    multipart += draw(st.sampled_from([b"--b--" + newline, b"", b"--b--"]))  # closed, not closed, at the end
     return bom + head + multipart
 
 
@@ -188,11 +189,62 @@ def plain_messages(draw: st.DrawFn) -> bytes:
 @given(plain_messages(), st.booleans())
 def test_wrap_with_the_memo_is_wrap(message: bytes, copy_subject: bool) -> None:
     memo: dict[tuple[int, int], Any] = {}
-    _, line_endings = mime._check_structure(message, LIMITS, need_cr=True, memo=memo)
+    try:
+        _, line_endings = mime._check_structure(message, LIMITS, need_cr=True, memo=memo)
+    except MessageFormatError as exc:  # then wrap refuses it as well
+        try:
+            mime.wrap(message)
+        except MessageFormatError as wrap_exc:
+            assert wrap_exc.message == exc.message
+            return
+        raise AssertionError("wrap accepted a message the structure check refused") from exc
     assert mime._wrap(message, copy_subject=copy_subject, line_endings=line_endings, memo=memo) == mime.wrap(
         message, copy_subject=copy_subject
     )
     assert b"".join(mime._canonical_pieces(message, LIMITS, line_endings, memo)) == mime.canonicalize(message)
+
+
+_SIGNATURE_PART = (
+    b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\nContent-Transfer-Encoding: base64\r\n\r\nMIIB\r\n"
+)
+
+
+@st.composite
+def signed_layers(draw: st.DrawFn) -> bytes:
+    """multipart/signed entities, well formed or not: parts missing or extra, no closing delimiter, encoded, BOM."""
+    parts = draw(
+        st.lists(st.sampled_from([b"Content-Type: text/plain\r\n\r\nhello", _SIGNATURE_PART, b"", b"junk"]), max_size=3)
+    )
+    body = b"".join(b"--s\r\n" + part + b"\r\n" for part in parts)
+    body += draw(st.sampled_from([b"--s--\r\n", b"--s--", b"", b"--s--\r\nepilogue"]))
+    head = b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary=s\r\n'
+    if draw(st.booleans()):
+        head += b"Content-Transfer-Encoding: base64\r\n"
+        body = base64.encodebytes(body)
+    return draw(st.sampled_from([b"", b"\xef\xbb\xbf"])) + head + b"\r\n" + body
+
+
+def _outcome(fn: Any) -> Any:
+    try:
+        value = fn()
+    except MessageFormatError as exc:
+        return ("error", exc.message, exc.defects)
+    entity, parts = value
+    fields = None if parts is None else (parts.content, parts.signature, parts.micalg, parts.content_crlf)
+    return entity.raw, entity.defects, fields
+
+
+@SETTINGS
+@given(signed_layers())
+def test_open_signed_layer_splits_as_split_multipart_signed(layer: bytes) -> None:
+    def general() -> Any:
+        mime.check_structure(layer, LIMITS)
+        entity = mime.parse_entity(layer, LIMITS)
+        if entity.content_type.mime_type != "multipart/signed":
+            return entity, None
+        return entity, mime.split_multipart_signed(entity, LIMITS)
+
+    assert _outcome(lambda: mime._open_signed_layer(layer, LIMITS)) == _outcome(general)
 
 
 def test_memo_serves_only_limits_no_looser_than_the_defaults() -> None:

@@ -345,6 +345,28 @@ def test_der_tlv_agrees_with_asn1crypto(data: bytes) -> None:
     assert contents == data[start:end]
 
 
+@SETTINGS
+@given(st.binary(max_size=40), st.integers(0, 40), st.integers(0, 40))
+def test_der_children_is_der_tlv_repeated(data: bytes, start: int, end: int) -> None:
+    start, end = min(start, len(data)), min(max(start, end), len(data))
+    expected: Any = []
+    pos = start
+    try:
+        while pos < end:
+            if len(expected) >= smime._FAST_MAX_CHILDREN:
+                raise smime._NotPlainDer
+            tag, content_start, content_end = smime._der_tlv(data, pos, end)
+            expected.append((tag, pos, content_start, content_end))
+            pos = content_end
+    except smime._NotPlainDer:
+        expected = "declined"
+    try:
+        found: Any = smime._der_children(data, start, end)
+    except smime._NotPlainDer:
+        found = "declined"
+    assert found == expected
+
+
 def _mutate(data: bytes, draw: Any) -> bytes:
     kind = draw(st.sampled_from(["flip", "byte", "truncate", "insert", "delete", "length"]))
     # anywhere, or in the first and last bytes: the headers and the SignerInfos / RecipientInfos, not certificates
