@@ -6,6 +6,7 @@ both parts (AS-2: binding compares the whole address case-insensitively).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from email.utils import getaddresses
@@ -42,6 +43,12 @@ class HealthDomain:
         :param text: e.g. ``"Direct.Clinic.Example."``.
         :raises AddressError: when it is not a valid DNS host name (RFC 1123 section 2.1).
         """
+        if cls is HealthDomain and type(text) is str and len(text) <= _MAX_DOMAIN:
+            return _parse_domain(text)  # the same few domains recur: parsed once (HealthDomain is immutable)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> HealthDomain:
         name = text.strip().rstrip(".").lower()
         if not name or len(name) > _MAX_DOMAIN or "." not in name:
             raise AddressError(f"not a valid health domain: {text!r}", domain=text)
@@ -55,6 +62,12 @@ class HealthDomain:
 
     def __str__(self) -> str:
         return self.name
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_domain(text: str) -> HealthDomain:
+    """``HealthDomain._parse(text)``, remembered by the text (failures raise and are not remembered)."""
+    return HealthDomain._parse(text)
 
 
 @dataclass(frozen=True)

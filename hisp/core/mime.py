@@ -444,6 +444,16 @@ def _find_header_end(raw: bytes, start: int, end: int) -> tuple[int, int] | None
     never reads past the header, however large the body). After :data:`_HEADER_LINES_FOUND` lines, or with a
     bare CR before the blank line, the regex decides.
     """
+    crlf2 = raw.find(b"\r\n\r\n", start, end)
+    if (
+        crlf2 != -1
+        and raw.find(b"\n\r\n", start, crlf2 + 2) == -1  # one ending before this CRLF CRLF's second CRLF
+        and raw.find(b"\n\n", start, crlf2 + 2) == -1
+        and _BARE_CR.search(raw, start, crlf2 + 2) is None
+    ):
+        # CRLF line endings: the first CRLF CRLF is the first blank line when no LF-ended or bare-CR-ended line
+        # comes before it (those are what could end an earlier one)
+        return crlf2, crlf2 + 4
     pos = start
     for _ in range(_HEADER_LINES_FOUND):
         position = raw.find(b"\n", pos, end)
@@ -616,7 +626,7 @@ def _parse_header_fields(raw: bytes, limits: MimeLimits = MimeLimits()) -> tuple
     return _parse_range(buf, 0, len(buf), limits, bare_lf=False).headers
 
 
-@dataclass
+@dataclass(slots=True)
 class _Parsed:
     """One entity ``buf[start:end]`` (after a stripped BOM) parsed in place: what :class:`Entity` holds, as offsets."""
 
@@ -1256,7 +1266,10 @@ def _canonical_entity(
     defects.extend(parsed.defects)
     if parsed.start == parsed.end:
         return
-    header_block = _canonical_header_block(parsed.header_block)
+    if parsed.bare_lf is False and parsed.bare_cr is False and parsed.header_block.endswith(CRLF):
+        header_block = parsed.header_block  # the entity holds no bare LF or CR: already CRLF throughout
+    else:
+        header_block = _canonical_header_block(parsed.header_block)
     content_type = parsed.content_type
     encoding = parsed.transfer_encoding
     if content_type.maintype == "multipart" or content_type.mime_type in _MESSAGE_TYPES:

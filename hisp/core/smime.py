@@ -1572,6 +1572,10 @@ def _key_encryption_algorithm_der(key_transport: KeyTransport) -> bytes:
 _KTRI_VERSION_DER = {"ski": bytes(asn1_core.Integer(2).dump()), "issuer_serial": bytes(asn1_core.Integer(0).dump())}
 
 
+#: RSAES-OAEP with SHA-256 and MGF1-SHA-256 (AS-10), the padding every outgoing key is wrapped with (immutable).
+_OAEP_SHA256 = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
 def _recipient_info(
     cert: Certificate, key: bytes, key_transport: KeyTransport, recipient_identifier: str
 ) -> bytes:
@@ -1584,9 +1588,7 @@ def _recipient_info(
         rid = _issuer_and_serial_der(cert.der)
         version = _KTRI_VERSION_DER["issuer_serial"]  # v0
     if key_transport is KeyTransport.RSA_OAEP:
-        encrypted_key = public_key.encrypt(
-            key, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-        )
+        encrypted_key = public_key.encrypt(key, _OAEP_SHA256)
     else:
         encrypted_key = public_key.encrypt(key, padding.PKCS1v15())
     # KeyTransRecipientInfo (RFC 5652 section 6.2.1), the untagged "ktri" choice of RecipientInfo

@@ -127,9 +127,9 @@ def test_bare_line_endings_as_counted(data: bytes, start: int, end: int) -> None
 
 @SETTINGS
 @given(
-    st.lists(st.sampled_from([b"a", b":", b"\r", b"\n", b"\r\n", b"\n\r", b"\r\r", b"\n\n", b" "]), max_size=30).map(
-        b"".join
-    ),
+    st.lists(
+        st.sampled_from([b"a", b":", b"\r", b"\n", b"\r\n", b"\n\r", b"\r\r", b"\n\n", b" ", b"\r\n\r\n"]), max_size=30
+    ).map(b"".join),
     st.integers(0, 70),
     st.integers(0, 70),
 )
@@ -138,9 +138,30 @@ def test_bare_line_endings_as_counted(data: bytes, start: int, end: int) -> None
 @example(b"a:b\r\n" * 64 + b"\r\nbody", 0, 1000)
 @example(b"a:b\rc:d\r\n\r\n", 0, 12)  # a bare CR before the blank line
 @example(b"a:b\n\rc", 0, 6)  # LF then a bare CR: a blank line
+@example(b"a\n\r\n\r\n", 0, 6)  # an LF-ended line, then a blank line, just before a CRLF CRLF
+@example(b"a\r\n\n\r\n", 0, 6)
+@example(b"a\r\r\n\r\n", 0, 6)
+@example(b"a\r\n\r\n", 1, 5)
+@example(b"\r\n\r\n", 0, 4)
 def test_header_end_as_the_regex_finds_it(data: bytes, start: int, end: int) -> None:
     start, end = min(start, len(data)), min(max(start, end), len(data))
     assert mime._find_header_end(data, start, end) == mime._regex_header_end(data, start, end)
+
+
+def test_header_end_exhaustively_on_short_inputs() -> None:
+    """Every string of up to 8 bytes over a, CR and LF, every range: the finder agrees with the regex."""
+    import itertools
+
+    for length in range(9):
+        for letters in itertools.product(b"a\r\n", repeat=length):
+            data = bytes(letters)
+            for start in range(length + 1):
+                for end in range(start, length + 1):
+                    assert mime._find_header_end(data, start, end) == mime._regex_header_end(data, start, end), (
+                        data,
+                        start,
+                        end,
+                    )
 
 
 # -- wrap with the structure check's memo ---------------------------------------------------------------------
