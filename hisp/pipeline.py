@@ -1003,11 +1003,13 @@ class Pipeline:
             except StorageError as exc:  # purged or unreadable: the DSN still names the recipients
                 _log.warning("timeout DSN for %s without the original's headers: %s", queue_id, exc.message)
                 original = b""
+            sent = await self._run(self._sending_times, queue_id)
 
             def decide(
-                tracked: TrackedMessage, original: bytes = original, queue_id: str = queue_id
+                tracked: TrackedMessage, original: bytes = original, queue_id: str = queue_id,
+                sent: dict[str, datetime | None] = sent,
             ) -> TrackDecision[str]:
-                expired = tracked.track.expire(now)
+                expired = tracked.track.expire(now, sent)
                 if not expired:
                     return TrackDecision("")
                 domain = tracked.sender.rpartition("@")[2]
@@ -1027,6 +1029,27 @@ class Pipeline:
                 self._tell("timeout", f"message {queue_id}: no notification in time for {listed}; DSN queued")
                 self.wake()
         return len(claimed)
+
+    def _sending_times(self, queue_id: str) -> dict[str, datetime | None]:
+        """When each recipient of an outgoing message left our queue, for the timeout (DN-9: it counts from the
+        send): ``None`` while the queue still holds it (queued or in flight), the time it was relayed (or handed to
+        a hosted mailbox) once it was; recipients bounced or no longer known are left out (due at the deadline).
+
+        :raises StorageError: never; an unreadable message gives ``{}``.
+        """
+        try:
+            detail = self.store.show(queue_id)
+        except StorageError as exc:
+            _log.warning("timeout of %s judged without its queue state: %s", queue_id, exc.message)
+            return {}
+        sent: dict[str, datetime | None] = {}
+        for recipient in detail.message.recipients:
+            key = recipient.address.strip().lower()
+            if recipient.state in (RecipientState.QUEUED, RecipientState.IN_FLIGHT):
+                sent[key] = None
+            elif recipient.state is RecipientState.DELIVERED:
+                sent[key] = recipient.updated_at
+        return sent
 
 
 def _with_message_id(raw: bytes, mail_from: str) -> tuple[bytes, str]:

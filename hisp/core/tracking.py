@@ -364,6 +364,8 @@ class MessageTrack:
     :ivar recipients: keyed by lower-case address.
     :ivar timeout: the notification timeout (default one hour).
     :ivar consume_processed: consume processed MDNs instead of forwarding them (DN-10).
+    :ivar rearmed_until: a later deadline :meth:`expire` set for recipients whose message had not left the queue
+        yet, or left it late (the timeout counts from the send, DN-9); None when never re-armed.
 
     Spec: DN-7..DN-10.
     """
@@ -374,6 +376,7 @@ class MessageTrack:
     recipients: dict[str, RecipientTrack]
     timeout: timedelta = DEFAULT_TIMEOUT
     consume_processed: bool = False
+    rearmed_until: datetime | None = None
 
     @classmethod
     def start(
@@ -401,8 +404,12 @@ class MessageTrack:
 
     @property
     def deadline(self) -> datetime:
-        """When incomplete recipients time out: the original send plus the timeout (DN-9)."""
-        return self.sent_at + self.timeout
+        """When incomplete recipients are next looked at: the submission plus the timeout (DN-9), or the later
+        time :meth:`expire` re-armed it to."""
+        base = self.sent_at + self.timeout
+        if self.rearmed_until is None or self.rearmed_until < base:
+            return base
+        return self.rearmed_until
 
     def apply(self, recipient: str, event: Event, at: datetime, *, detail: str = "") -> Transition | None:
         """Apply ``event`` to ``recipient``.
@@ -421,21 +428,48 @@ class MessageTrack:
         track.state = transition.state
         return transition
 
-    def expire(self, at: datetime) -> list[tuple[str, Transition]]:
-        """Time out every incomplete recipient when ``at`` has reached the deadline.
+    def expire(self, at: datetime, sent: Mapping[str, datetime | None] | None = None) -> list[tuple[str, Transition]]:
+        """Time out the incomplete recipients that were sent at least :attr:`timeout` before ``at``, when ``at`` has
+        reached the deadline.
 
+        The timeout counts from the send (DN-9): a recipient whose message is still in our queue (the peer down,
+        discovery failing) has not been sent and cannot have been answered; the queue's own lifetime ends it with a
+        DSN if it never leaves. The deadline is re-armed (:attr:`rearmed_until`) to the earliest time one of the
+        recipients left waiting becomes due.
+
+        :param at: now (aware).
+        :param sent: what the queue knows of each recipient's sending, by lower-case address: ``None`` while it is
+            still queued (not due, looked at again ``timeout`` from ``at``, unless a notice about it already came:
+            then it did leave and is due), or the time it was relayed (due ``timeout`` after that). A recipient not
+            in it is due at the deadline (sent at submission, or no longer in the queue).
         :returns: ``(address, transition)`` of each recipient that timed out now; the caller sends one DSN
             listing them (with each transition's status).
         """
         if at < self.deadline:
             return []
+        sent = sent or {}
         expired = []
+        waiting: list[datetime] = []
         for track in self.recipients.values():
             if is_complete(self.mode, track.state):
                 continue
+            key = track.address.strip().lower()
+            if key in sent:
+                relayed = sent[key]
+                if relayed is not None:
+                    due = relayed + self.timeout
+                elif not track.history:  # still in our queue and nothing heard of it: not sent yet
+                    due = at + self.timeout
+                else:  # a notice about it came, so it left (the queue's record lags): due now
+                    due = at
+                if due > at:
+                    waiting.append(due)
+                    continue
             transition = self.apply(track.address, Event.TIMEOUT, at, detail="no notification in time")
             if transition is not None and transition.action is Action.EMIT_DSN:
                 expired.append((track.address, transition))
+        if waiting:
+            self.rearmed_until = min(waiting)
         return expired
 
     def incomplete(self) -> list[str]:

@@ -159,6 +159,14 @@ async def receive(side: Side, setup: DemoSetup, plain: bytes, *, mail_from: str 
     return await side.pipeline.accept_incoming(mail_from, [SENDER], from_jones(setup, plain, side.clock()))
 
 
+def relay(side: Side, queue_id: str) -> None:
+    """The clinic's queue relays ``queue_id`` (its recipients leave the queue as delivered to the peer), as a
+    worker would: the notification timeout counts from this send (DN-9), not from the submission."""
+    for job in side.store.claim("relay-probe", side.clock(), 60.0, 100):
+        assert job.message_id == queue_id, "relay() expects only this message's jobs to be due"
+        side.store.complete(job, side.clock(), target="smtp://mx.direct.hospital.example", reply="250 2.0.0 Ok")
+
+
 def state(side: Side, queue_id: str, address: str = RECIPIENT) -> State:
     return side.store.tracking(queue_id).track.recipients[address.lower()].state
 
@@ -325,6 +333,7 @@ def test_forged_third_domain_mdn_is_not_passed_to_the_edge(pki_setup: DemoSetup,
         async with clinic_side(pki_setup, tmp_path) as side:
             sent = original()
             qid = await submit(side, sent, (RECIPIENT, THIRD))
+            relay(side, qid)
             with pytest.raises(PolicyViolation):  # refused before the 250: nothing reaches the edge
                 await receive(side, pki_setup, mdn("dispatched", sent, side.clock(), recipient=THIRD))
             side.clock.now += timedelta(hours=2)
@@ -387,6 +396,7 @@ def test_dispatched_without_extension_does_not_complete_a_reliable_recipient(
         async with clinic_side(pki_setup, tmp_path) as side:
             sent = original()
             qid = await submit(side, sent)
+            relay(side, qid)
             plain = variant(mdn("dispatched", sent, side.clock()), lambda h, f: f.replace(
                 b"\r\nX-DIRECT-FINAL-DESTINATION-DELIVERY:", b""))
             await receive(side, pki_setup, plain)

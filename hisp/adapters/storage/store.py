@@ -261,6 +261,7 @@ _TRACK_SETTLE = (
     .where(_T_.id == bindparam("b_id"))
     .values(
         complete=bindparam("b_complete"),
+        deadline=bindparam("b_deadline"),
         claimed_by=None,
         claim_token=None,
         lease_until=None,
@@ -1297,6 +1298,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             recipients=tracks,
             timeout=timedelta(seconds=row.timeout_seconds),
             consume_processed=row.consume_processed,
+            rearmed_until=row.deadline,
         )
         tracked = TrackedMessage(
             queue_id=row.queue_id,
@@ -1336,7 +1338,11 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         if events:
             connection.execute(_INSERT_TRACKING_EVENTS, events)
         connection.execute(
-            _TRACK_SETTLE, {"b_id": loaded.tracked_id, "b_complete": track.complete, "b_updated_at": now}
+            _TRACK_SETTLE,
+            {
+                "b_id": loaded.tracked_id, "b_complete": track.complete, "b_deadline": track.deadline,
+                "b_updated_at": now,
+            },
         )
 
     def update_tracking(
