@@ -1925,8 +1925,10 @@ def _unwrap_key(
         return key, "rsa-pkcs1"
     try:
         oaep, name = _oaep_padding(recipient.parameters, policy_name)
-    except (PolicyViolation, *_PARSE_ERRORS):
+    except _PARSE_ERRORS:
         return None, "rsa-oaep"
+    # a PolicyViolation (MD5 or an unknown digest in the OAEP parameters) goes to the caller, who names it if no
+    # other RecipientInfo opens the envelope: the parameters are public, so naming them reveals nothing
     try:
         key = private_key.decrypt(recipient.encrypted_key, oaep)
     except ValueError:
@@ -2024,7 +2026,8 @@ def decrypt(
     :raises MessageFormatError: not a ContentInfo of those types, malformed, larger than ``max_bytes``, or
         the algorithm does not fit the content type (GCM in EnvelopedData, CBC in AuthEnvelopedData).
     :raises PolicyViolation: 3DES, DES, RC2 or RC4 (refused by name, AS-9), an algorithm the policy does not
-        accept, or one not supported (AES-192 has no :class:`ContentCipher`).
+        accept, or one not supported (AES-192 has no :class:`ContentCipher`); MD5 (or an unknown digest) in the
+        RSAES-OAEP parameters of the only RecipientInfos for our keys, named.
     :raises DecryptionError: ``"no recipient matches our keys"``, or ``"content decryption failed"``
         (wrong key, bad padding, GCM tag mismatch, malformed ciphertext).
     Spec: RFC 5652 sections 6.2 and 6.4; RFC 5083; RFC 5084; RFC 3565; RFC 3560; RFC 8017 sections 7.1-7.2;
@@ -2075,9 +2078,14 @@ def decrypt(
             recipients=tuple(r.rid.description for r in envelope.recipients),
         )
 
+    refused: PolicyViolation | None = None
     for recipient, credential in candidates:
         assert isinstance(credential.private_key, rsa.RSAPrivateKey)
-        key, transport = _unwrap_key(recipient, credential.private_key, spec.key_size, policy.name)
+        try:
+            key, transport = _unwrap_key(recipient, credential.private_key, spec.key_size, policy.name)
+        except PolicyViolation as exc:  # e.g. MD5 in RSAES-OAEP-params: try the others, then say so
+            refused = refused or exc
+            continue
         if key is None:
             continue
         plaintext = _decrypt_content(envelope, spec, key, params)
@@ -2090,4 +2098,6 @@ def decrypt(
             recipient=credential.certificate,
             recipient_count=envelope.recipient_count,
         )
+    if refused is not None:
+        raise refused
     raise DecryptionError("content decryption failed", cipher=spec.name)
