@@ -7,7 +7,8 @@ domains with their addresses, certificates and delivery endpoints, edge users, l
 queue.
 
 Warnings (on stderr, ``warning: ...``; the exit status stays 0) name settings that are valid but easy to get
-wrong: a ``spool_dir`` with PostgreSQL storage. Nodes sharing one database may finish each other's messages, so
+wrong: a hosted domain without an incoming or outgoing trust anchor, a non-CA certificate as an anchor, an
+unsigned bundle over plain http://, a ``spool_dir`` with PostgreSQL storage. Nodes sharing one database may finish each other's messages, so
 they must all see the same spool directory (a shared file system, mounted at the same path) or run without one
 (every body in the database); a spool on a node's local disk makes large messages undeliverable from the others.
 
@@ -25,8 +26,11 @@ import click
 
 from hisp.adapters.storage.engine import default_url
 from hisp.adapters.truststores import load_anchor_file, load_intermediates
+from hisp.addresses import HealthDomain
 from hisp.commands.common import fail_cleanly
 from hisp.config import Config, ListenerConfig, RelayMode, load_config
+from hisp.core.policy import Direction
+from hisp.errors import ConfigError
 
 __all__ = ["check_config", "config_group", "config_warnings", "summary"]
 
@@ -51,15 +55,55 @@ def check_config(config: Config, environ: Mapping[str, str]) -> None:
     load_intermediates(config.trust.intermediates, load_anchor_file)
 
 
+def _anchor_sources(config: Config, domain: HealthDomain, direction: Direction) -> list[str]:
+    """The anchor files and bundles (``bundle NAME``) that apply to a hosted domain in one direction (AS-21)."""
+    sources = [str(a.file.relative_to(config.path.parent)) if a.file.is_relative_to(config.path.parent)
+               else str(a.file) for a in config.trust.anchors if domain in a.domains and direction in a.directions]
+    sources += [f"bundle {b.name}" for b in config.trust.bundles if domain in b.domains and direction in b.directions]
+    return sources
+
+
 def config_warnings(config: Config) -> list[str]:
     """Settings that are valid but often wrong, one line each (``hisp config check`` prints them).
+
+    A hosted domain with no anchor for a direction (every partner refused: incoming messages answered 554, no
+    recipient certificate trusted on the way out; an anchor's ``domains`` name *our* domains, not the
+    partner's); an anchor file holding a certificate that is not a CA (it trusts only itself); a bundle fetched
+    over plain ``http://`` without a ``signer`` (anyone on the path could change our anchors, TB-2); a
+    ``spool_dir`` with PostgreSQL storage.
 
     :param config: the configuration.
     :returns: the warnings, possibly none.
 
-    Spec: issue 5 ("several ``hisp serve`` nodes can share one database").
+    Spec: AS-21, TB-2; issue 5 ("several ``hisp serve`` nodes can share one database").
     """
     found = []
+    for hosted in config.domains:
+        for direction, effect in (
+            (Direction.INCOMING, "every message from a partner HISP will be refused"),
+            (Direction.OUTGOING, "no partner certificate will be trusted, nothing can be sent"),
+        ):
+            if not _anchor_sources(config, hosted.domain, direction):
+                found.append(
+                    f"domain {hosted.domain} has no {direction.value} trust anchor ({effect}): an anchor's or "
+                    "bundle's `domains` must name our hosted domain, not the partner's"
+                )
+    for anchor in config.trust.anchors:
+        try:
+            leaves = [c for c in load_anchor_file(anchor.file) if not c.is_ca]
+        except ConfigError:
+            continue  # check_config reports it
+        for cert in leaves:
+            found.append(
+                f"trust anchor file {anchor.file}: {cert.subject} is not a CA certificate (it trusts only itself; "
+                "a partner's anchor is normally its CA certificate)"
+            )
+    for bundle in config.trust.bundles:
+        if bundle.url.startswith("http://") and bundle.signer is None:
+            found.append(
+                f"trust bundle {bundle.name} is fetched over plain http:// without a `signer`: anyone on the path "
+                "can change the anchors it gives (use https:// or a signed bundle, TB-2)"
+            )
     url = config.storage.url or ""
     if url.startswith("postgresql") and config.storage.spool_dir is not None:
         found.append(
@@ -97,6 +141,9 @@ def summary(config: Config) -> str:
             lines.append(f"  {address}" + (f" -> {own.url}" if own else ""))
         trust = config.trust.for_domain(hosted.domain)
         lines.append(f"  policy {trust.policy.name}, revocation {trust.revocation.value}")
+        for direction in (Direction.INCOMING, Direction.OUTGOING):
+            sources = _anchor_sources(config, hosted.domain, direction)
+            lines.append(f"  {direction.value} anchors: {', '.join(sources) if sources else 'none'}")
     trusted = config.trust
     lines.append(f"trust: {len(trusted.anchors)} anchor files, {len(trusted.bundles)} bundles, "
                  f"{len(trusted.intermediates)} intermediates files")

@@ -210,11 +210,12 @@ def test_config_check_warns_of_a_spool_with_postgresql(tmp_path: Path, storage: 
     result = CliRunner().invoke(main, ["config", "check", str(path)])
     assert result.exit_code == 0, result.output
     assert f"{path}: valid" in result.stdout
+    spool = [line for line in result.stderr.splitlines() if "spool_dir" in line]
     if warned:
-        assert result.stderr.startswith("warning: [storage] spool_dir = ")
-        assert "same spool directory" in result.stderr and "leave spool_dir unset" in result.stderr
+        assert len(spool) == 1 and spool[0].startswith("warning: [storage] spool_dir = ")
+        assert "same spool directory" in spool[0] and "leave spool_dir unset" in spool[0]
     else:
-        assert result.stderr == ""
+        assert spool == []
 
 
 def test_config_check_refuses_the_placeholder_hash_naming_the_key(tmp_path: Path) -> None:
@@ -246,3 +247,41 @@ def test_config_check_usage_errors_and_help(tmp_path: Path) -> None:
     text = CliRunner().invoke(main, ["config", "check", "--help"]).output
     assert "-c, --config FILE" in text and "[FILE]" in text
     assert text.count("keys") == 1  # "keys" meant both TOML keys and private keys; now only the latter
+
+
+
+def test_config_check_shows_each_domains_anchors_and_warns_when_a_direction_has_none(tmp_path: Path) -> None:
+    """AS-21: an anchor's ``domains`` are OUR hosted domains. Naming the partner's domain instead (a common
+    mistake) leaves ours with no anchor: valid, but every partner refused; config check says so, shows which
+    anchors apply to each hosted domain, and flags a leaf certificate used as an anchor and an unsigned http://
+    bundle (TB-2)."""
+    from datetime import UTC, datetime
+
+    from hisp.core.devca import create_ca, issue_certificate
+
+    at = datetime.now(UTC)
+    ca = create_ca("Partner CA", at=at)
+    (tmp_path / "partner-ca.pem").write_bytes(ca.certificate.to_pem())
+    (tmp_path / "leaf.pem").write_bytes(issue_certificate(ca, at=at, address="x@direct.partner.example")
+                                        .certificate.to_pem())
+    path = tmp_path / "hisp.toml"
+    wrong = '[[trust.anchor]]\nfile = "partner-ca.pem"\ndomains = ["direct.partner.example"]\n'
+    path.write_text("[trust]\n" + wrong + DOMAIN + "[listeners.backbone]\nport = 2525\n")
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "  incoming anchors: none" in result.stdout and "  outgoing anchors: none" in result.stdout
+    assert "warning: domain direct.clinic.example has no incoming trust anchor" in result.stderr
+    assert "not the partner's" in result.stderr
+
+    right = ('[[trust.anchor]]\nfile = "partner-ca.pem"\ndomains = ["direct.clinic.example"]\n'
+             '[[trust.anchor]]\nfile = "leaf.pem"\ndomains = ["direct.clinic.example"]\ndirections = ["incoming"]\n'
+             '[[trust.bundle]]\nname = "community"\nurl = "http://127.0.0.1:9/b.p7b"\n'
+             'domains = ["direct.clinic.example"]\ndirections = ["outgoing"]\n')
+    path.write_text("[trust]\n" + right + DOMAIN + "[listeners.backbone]\nport = 2525\n")
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "  incoming anchors: partner-ca.pem, leaf.pem" in result.stdout
+    assert "  outgoing anchors: partner-ca.pem, bundle community" in result.stdout
+    assert "has no incoming trust anchor" not in result.stderr
+    assert "leaf.pem: CN=x@direct.partner.example is not a CA certificate" in result.stderr
+    assert "trust bundle community is fetched over plain http:// without a `signer`" in result.stderr

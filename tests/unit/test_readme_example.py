@@ -101,6 +101,10 @@ def test_readme_example_passes_config_check_with_files_made_by_hisp(
             assert "domain direct.clinic.example: 2 addresses, 2 certificates" in result.stdout
             assert "user ehr: may send from dr.smith@direct.clinic.example" in result.stdout
             assert "submission: 0.0.0.0:587, STARTTLS" in result.stdout
+            # our own CA is an anchor of our own domain: mail between our own users is not bounced as untrusted
+            assert "  incoming anchors: anchors/clinic-ca.pem, anchors/partner-ca.pem" in result.stdout
+            assert "  outgoing anchors: anchors/clinic-ca.pem, anchors/partner-ca.pem" in result.stdout
+            assert "trust anchor" not in result.stderr
         with pytest.raises(BlockingIOError):
             trap.accept()  # config check did not fetch the bundle
 
