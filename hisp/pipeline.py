@@ -390,14 +390,14 @@ class Pipeline:
             result = await self._run(self._open, mail_from, recipients, raw, now)
         except TrustError as exc:
             if exc.reason == "revocation unknown":
-                await self._reject(mail_from, recipients, remote, exc, now)
+                await self._reject(mail_from, recipients, remote, exc, now, raw)
                 raise TrustUnavailable(f"trust cannot be decided now: {exc.message}") from exc
-            await self._reject(mail_from, recipients, remote, exc, now)
+            await self._reject(mail_from, recipients, remote, exc, now, raw)
             raise
         except StorageError:
             raise
         except HispError as exc:
-            await self._reject(mail_from, recipients, remote, exc, now)
+            await self._reject(mail_from, recipients, remote, exc, now, raw)
             raise
         try:
             done = await self._accept_opened(
@@ -406,7 +406,7 @@ class Pipeline:
         except StorageError:
             raise
         except HispError as exc:  # refused after opening: a forged notice, a null reverse-path on a letter
-            await self._reject(mail_from, recipients, remote, exc, now)
+            await self._reject(mail_from, recipients, remote, exc, now, raw)
             raise
         return "250 2.0.0 Ok: " + done
 
@@ -518,16 +518,25 @@ class Pipeline:
         return "notification recorded"
 
     async def _reject(
-        self, mail_from: str, recipients: Sequence[str], remote: str, exc: HispError, now: datetime
+        self, mail_from: str, recipients: Sequence[str], remote: str, exc: HispError, now: datetime, raw: bytes = b""
     ) -> None:
+        """Record a refusal (nothing was stored): the ``reject`` audit event, with the outer Message-ID so that
+        ``hisp messages show`` finds it (AS-14)."""
         self._tell("rejected", f"{mail_from or '<>'} -> {', '.join(recipients)}: {exc.smtp_reply()}")
+        try:
+            header_id = _header(raw, "Message-ID") if raw else None
+        except HispError:  # an unparseable header block: the reject is recorded without it
+            header_id = None
         verdict, fingerprints = refusal_evidence(exc)  # AS-14, AS-20: which certificate, why, against what
         record = AuditRecord(
             mail_from=mail_from, recipients=tuple(recipients), fingerprints=fingerprints, verdict=verdict,
             reason=exc.smtp_reply()[:500], remote=remote,
         )
         try:
-            await self._run(self.audit.append, AuditKind.REJECT, now, node=self.node, record=record)
+            await self._run(
+                self.audit.append, AuditKind.REJECT, now, node=self.node,
+                header_message_id=header_id[:998] if header_id else None, record=record,
+            )
         except StorageError as failure:  # the reject stands; the audit trail is what is lost
             _log.error("cannot record a reject: %s", failure.message)
 

@@ -300,7 +300,14 @@ def messages_show(config_path: str | None, db: str | None, key: str, as_json: bo
 
     store = open_for_reading(storage_url(config_path, db))
     try:
-        detail = store.show(key)
+        try:
+            detail = store.show(key)
+        except StorageError as missing:
+            refused = store.rejections(header_message_id=key)
+            if not refused:
+                raise missing from None
+            _print_rejections(key, refused, as_json)  # refused before its 250 reply: never stored (AS-14)
+            return
         try:
             tracked = store.tracking(detail.message.id)
         except StorageError:  # incoming messages and notifications are not tracked
@@ -318,3 +325,35 @@ def messages_show(config_path: str | None, db: str | None, key: str, as_json: bo
         else:
             lines += ["tracking (MDNs and DSNs received, DN-7):", *("  " + line for line in track_lines(tracked))]
         click.echo("\n".join(lines))
+
+
+def _print_rejections(key: str | None, events: list[AuditEvent], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"rejected": json.loads(_to_json(events))}, indent=2))
+        return
+    if key is not None:
+        click.echo(f"message {_clean(key)} was refused before its 250 reply and never stored; "
+                   f"{len(events)} refusal{'s' if len(events) != 1 else ''}:")
+    elif not events:
+        click.echo("no refused messages")
+    for event in events:
+        lines = _event_lines(event)
+        lines[0] += f"  Message-ID {_clean(event.header_message_id) if event.header_message_id else '-'}"
+        click.echo("\n".join(lines))
+
+
+@messages_group.command("rejected")
+@_CONFIG_OPTION
+@_DB_OPTION
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="At most N refusals.")
+@_JSON_OPTION
+@fail_cleanly
+def messages_rejected(config_path: str | None, db: str | None, limit: int, as_json: bool) -> None:
+    """List messages refused before their 250 reply (never stored: untrusted, unencrypted, bad signature ...),
+    newest first, each with the SMTP reply, the peer, the Message-ID and the trust evidence (AS-14)."""
+    store = open_for_reading(storage_url(config_path, db))
+    try:
+        events = store.rejections(limit=limit)
+    finally:
+        store.close()
+    _print_rejections(None, events, as_json)

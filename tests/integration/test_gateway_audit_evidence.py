@@ -7,15 +7,18 @@ accepted in soft mode is a warning "in the verdict and the audit record".
 
 from __future__ import annotations
 
+import json
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosmtplib
 import pytest
+from click.testing import CliRunner
 from test_gateway_nodes import ATTACHMENT, QUICK, Steps, dns, node, run, wait_files
 
 from hisp.adapters.smtp_relay import client_tls_context
+from hisp.cli import main as cli_main
 from hisp.commands.demo import RECIPIENT, SENDER, prepare, referral, submit
 from hisp.core import devca
 from hisp.ports import AuditKind, Direction
@@ -99,8 +102,10 @@ def test_refused_signer_is_explained_in_the_reject_event(tmp_path: Path) -> None
     setup = prepare(tmp_path, at, queue=QUICK)
     steps = Steps()
     rogue = devca.issue_certificate(devca.create_ca("Rogue CA", at=at), at=at, address=SENDER)
-    message = seal(referral(ATTACHMENT, "note.xml", at), [rogue.credential], [setup.issued["jones"].certificate],
-                   at=at)
+    plain = referral(ATTACHMENT, "note.xml", at)
+    message_id = next(line.split(b":", 1)[1].strip().decode() for line in plain.split(b"\r\n")
+                      if line.lower().startswith(b"message-id:"))
+    message = seal(plain, [rogue.credential], [setup.issued["jones"].certificate], at=at)
 
     async def main() -> None:
         async with node(setup.hospital.config, steps, "hospital") as hospital:
@@ -116,5 +121,17 @@ def test_refused_signer_is_explained_in_the_reject_event(tmp_path: Path) -> None
             assert event.verdict.startswith("not trusted (untrusted: "), event.verdict
             assert f"{rogue.certificate.subject} (sha256 {rogue.certificate.fingerprint_sha256[:16]})" in event.verdict
             assert rogue.certificate.fingerprint_sha256 in event.fingerprints
+            # found again by the Message-ID the peer sent, though nothing was stored
+            assert event.header_message_id == message_id
+            assert [e.seq for e in hospital.store.rejections(header_message_id=message_id.strip("<>"))] == [event.seq]
 
     run(main())
+    config = str(setup.hospital.config)
+    shown = CliRunner().invoke(cli_main, ["messages", "show", "-c", config, message_id])
+    assert shown.exit_code == 0, shown.output
+    assert "was refused before its 250 reply and never stored" in shown.stdout
+    assert "reject" in shown.stdout and "not trusted (untrusted: " in shown.stdout and "554 5.7." in shown.stdout
+    listed = CliRunner().invoke(cli_main, ["messages", "rejected", "-c", config, "--json"])
+    assert listed.exit_code == 0, listed.output
+    (only,) = json.loads(listed.stdout)["rejected"]
+    assert only["header_message_id"] == message_id and only["kind"] == "reject"

@@ -1230,6 +1230,31 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         with self._tx("read audit events", reads_only=True) as session:
             return [_event(row) for row in session.scalars(query)]
 
+    def rejections(self, *, header_message_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
+        """``reject`` audit events, newest first: messages refused before their 250 reply, never stored (AS-14).
+
+        :param header_message_id: keep those of this Message-ID (with or without angle brackets).
+        :param limit: at most this many, ``>= 1``.
+        :returns: the events.
+        :raises StorageError: ``limit`` < 1, or the database failed.
+
+        Spec: AS-14 (every refusal explained); issue 5 ("every ... reject ... is an event").
+        """
+        if limit < 1:
+            raise StorageError("limit must be >= 1", limit=limit)
+        query = (
+            select(AuditEventRow)
+            .where(AuditEventRow.kind == AuditKind.REJECT.value)
+            .order_by(AuditEventRow.seq.desc())
+            .limit(limit)
+        )
+        if header_message_id is not None:
+            key = header_message_id.strip()
+            candidates = [key, key.strip("<>"), f"<{key.strip('<>')}>"]
+            query = query.where(AuditEventRow.header_message_id.in_(candidates))
+        with self._tx("read reject events", reads_only=True) as session:
+            return [_event(row) for row in session.scalars(query)]
+
     # Notifications (placeholder for the notifications issue) -------------------------------------------------
 
     def notifications(self, *, status: NotificationStatus | None = None, limit: int = 100) -> list[Notification]:
