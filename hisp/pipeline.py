@@ -324,6 +324,8 @@ class Pipeline:
         :param remote: the client's address, for the audit event.
         :param user: the authenticated edge user, for the audit event.
         :returns: the ``250`` reply line.
+        :raises PolicyViolation: the message has a Bcc header field (AS-13; 554 5.7.1 at DATA, nothing stored:
+            refused now with its reason rather than accepted and bounced when sealed).
         :raises StorageError: nothing was stored (451).
 
         A message without a Message-ID gets one (RFC 6409 section 8.3), as it is the correlation key of its
@@ -333,6 +335,11 @@ class Pipeline:
         Spec: DESIGN.md section 1 ("a message answered 250 is on disk first"); RFC 6409; DN-2, DN-7.
         """
         now = self.clock()
+        if any(name.strip().lower() == "bcc" for name, _ in _headers(raw)):
+            raise PolicyViolation(
+                "Bcc is not allowed in Direct messages (AS-13): send each blind recipient a message of its own",
+                rule="bcc",
+            )
         raw, message_id = _with_message_id(raw, mail_from)
         track = None
         trackable = bool(correlation_key(message_id))  # a Message-ID of "<>" correlates nothing

@@ -594,21 +594,22 @@ def test_submission_message_id_forms_are_correlated(pki_setup: DemoSetup, tmp_pa
     run(main)
 
 
-def test_bcc_is_never_sealed_and_the_sender_is_told(pki_setup: DemoSetup, tmp_path: Path) -> None:
-    """AS-13: a message with a Bcc header is accepted on submission (250), then refused at sealing: a DSN to the
-    sender, its tracking failed, nothing opened or delivered with the Bcc."""
+def test_bcc_is_refused_at_submission_and_nothing_is_stored(pki_setup: DemoSetup, tmp_path: Path) -> None:
+    """AS-13: a message with a Bcc header is refused on submission (554 5.7.1 at DATA, the reason given to the
+    edge at once), never stored, tracked, sealed or delivered. (It used to be accepted with 250 and bounced with a
+    DSN when sealed.)"""
 
     async def main() -> None:
         async with clinic_side(pki_setup, tmp_path) as side:
             note = original(f"<bcc@{CLINIC}>", final=False, extra=f"Bcc: {SENDER}").replace(
                 f"To: Dr. Jones <{RECIPIENT}>".encode(), f"To: {SENDER}".encode()
             )
-            qid = await submit(side, note, (SENDER,))
+            with pytest.raises(PolicyViolation, match="Bcc is not allowed") as refused:
+                await submit(side, note, (SENDER,))
+            assert refused.value.smtp_reply().startswith("554 5.7.1")
+            assert side.store.list_messages(limit=100) == []
             await side.pipeline.run_once()
-            assert state(side, qid, SENDER) is State.FAILED
-            delivered = edge_messages(side)
-            assert len(delivered) == 1 and parse_dsn(delivered[0]).recipients
-            assert b"Bcc:" not in delivered[0].split(b"\r\n\r\n")[0]
+            assert edge_messages(side) == []
 
     run(main)
 
