@@ -942,14 +942,14 @@ class DiscoveryPlan:
         if isinstance(answer, LookupFailure):
             self._queries += answer.messages
             if answer.transient:
-                self._unavailable(state, f"CERT {step.name}: {answer.reason}")
+                self._unavailable(state, _about(f"CERT {step.name}", answer.reason))
             else:
                 state.status = TierStatus.FAILED
-                state.errors.append(f"CERT {step.name}: {answer.reason}")
+                state.errors.append(_about(f"CERT {step.name}", answer.reason))
                 self._finish(
                     Outcome.NOT_FOUND,
-                    f"tier {state.tier.value}: CERT {step.name} cannot be read ({answer.reason}); "
-                    "later tiers are not consulted",
+                    f"tier {state.tier.value}: CERT {step.name} cannot be read "
+                    f"({_bare(f'CERT {step.name}', answer.reason)}); later tiers are not consulted",
                     state.tier,
                 )
             return
@@ -1031,11 +1031,14 @@ class DiscoveryPlan:
         if isinstance(answer, LookupFailure):
             self._queries += answer.messages
             if answer.transient:
-                self._unavailable(state, f"SRV {step.name}: {answer.reason}")
+                self._unavailable(state, _about(f"SRV {step.name}", answer.reason))
             else:
                 state.status = TierStatus.FAILED
-                state.errors.append(f"SRV {step.name}: {answer.reason}")
-                self._finish(Outcome.NOT_FOUND, f"SRV {step.name} cannot be read ({answer.reason})", state.tier)
+                state.errors.append(_about(f"SRV {step.name}", answer.reason))
+                self._finish(
+                    Outcome.NOT_FOUND, f"SRV {step.name} cannot be read ({_bare(f'SRV {step.name}', answer.reason)})",
+                    state.tier,
+                )
             return
         if not isinstance(answer, DnsAnswer):
             raise TypeError(f"an SrvQuery needs a DnsAnswer or LookupFailure, not {type(answer).__name__}")
@@ -1202,3 +1205,13 @@ def _decode_ldap_value(attribute: str, value: bytes) -> tuple[list[Certificate],
         return [Certificate.from_der(value)], None
     except CertificateError as exc:
         return [], f"not a certificate: {exc.message}"
+
+
+def _bare(query: str, reason: str) -> str:
+    """``reason`` without a leading ``"<query>: "`` (the DNS adapter names the query already)."""
+    return reason.removeprefix(f"{query}: ")
+
+
+def _about(query: str, reason: str) -> str:
+    """``"<query>: <reason>"``, the query named once."""
+    return f"{query}: {_bare(query, reason)}"
