@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509 as cx509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, SignatureAlgorithmOID
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import (
@@ -989,6 +990,7 @@ class TrustVerdict:
         elif self.nearest_anchor is not None:
             lines.append(
                 f"  nearest anchor: {self.nearest_anchor.certificate.subject} (from {self.nearest_anchor.source})"
+                + self._nearest_note()
             )
         elif not self.trusted:
             lines.append(
@@ -999,6 +1001,25 @@ class TrustVerdict:
         lines.append(f"  rule: {self.policy_rule}")
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return "\n".join(lines)
+
+    def _nearest_note(self) -> str:
+        """Why the nearest anchor was not reached, when its name alone says too little: it has the issuer's name
+        but did not sign (another CA of the same name: a different key), or it did sign and the path failed on
+        something else (named by the failure above)."""
+        if self.nearest_anchor is None:
+            return ""
+        anchor = self.nearest_anchor.certificate
+        child = next((c for c in (*self.chain, self.certificate) if c.x509.issuer == anchor.x509.subject), None)
+        if child is None or child.der == anchor.der:
+            return ""
+        try:
+            child.x509.verify_directly_issued_by(anchor.x509)
+        except (ValueError, TypeError, InvalidSignature):
+            return (
+                f": it has the name of {child.subject}'s issuer but its key did not sign it (another CA with the "
+                f"same name; anchor fingerprint sha256 {anchor.fingerprint_sha256[:16]}...)"
+            )
+        return ": it signed the path; the path failed on what is said above"
 
     def to_json(self) -> dict[str, Any]:
         """The verdict as JSON-ready values (the shape ``hisp cert validate --json`` prints).
