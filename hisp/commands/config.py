@@ -8,9 +8,10 @@ queue.
 
 Warnings (on stderr, ``warning: ...``; the exit status stays 0) name settings that are valid but easy to get
 wrong: a hosted domain without an incoming or outgoing trust anchor, a non-CA certificate as an anchor, an
-unsigned bundle over plain http://, a ``spool_dir`` with PostgreSQL storage. Nodes sharing one database may finish each other's messages, so
-they must all see the same spool directory (a shared file system, mounted at the same path) or run without one
-(every body in the database); a spool on a node's local disk makes large messages undeliverable from the others.
+unsigned bundle over plain http://, a ``spool_dir`` with PostgreSQL storage. Nodes sharing one database may
+finish each other's messages, so they must all see the same spool directory (a shared file system, mounted at
+the same path) or run without one (every body in the database); a spool on a node's local disk makes large
+messages undeliverable from the others.
 
 Exit status: 0 valid, 1 invalid (one line on stderr says where and why), 2 usage errors.
 

@@ -323,7 +323,10 @@ def messages_show(config_path: str | None, db: str | None, key: str, as_json: bo
         if tracked is None:
             lines.append("tracking: not tracked (an incoming message or a notification)")
         else:
-            lines += ["tracking (MDNs and DSNs received, DN-7):", *("  " + line for line in track_lines(tracked))]
+            lines += [
+                "tracking (MDNs and DSNs received, DN-7):",
+                *("  " + line for line in track_lines(tracked, detail.message.recipients)),
+            ]
         click.echo("\n".join(lines))
 
 

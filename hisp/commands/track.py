@@ -14,7 +14,7 @@ Text output (control characters escaped: addresses, Message-IDs and details come
       Message-ID: <ref-1@clinic.example>
       sender:     dr.smith@direct.clinic.example
       mode:       reliable (final-delivery notification requested)
-      sent:       2026-11-30T12:00:00+00:00
+      submitted:  2026-11-30T12:00:00+00:00
       deadline:   2026-11-30T13:00:00+00:00 (timeout 3600 s)
       complete:   no
     recipients:
@@ -39,6 +39,7 @@ recipient's state and the notifications received"); DN-7..DN-10.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -47,7 +48,7 @@ from hisp.commands.common import fail_cleanly
 from hisp.commands.messages import _clean, _time, open_for_reading, storage_url
 from hisp.core.tracking import Mode, RecipientTrack, Record, is_complete
 from hisp.errors import StorageError
-from hisp.ports import TrackedMessage
+from hisp.ports import RecipientState, RecipientStatus, TrackedMessage
 
 __all__ = ["track", "track_json", "track_lines"]
 
@@ -70,8 +71,14 @@ def _record_line(record: Record) -> str:
     return line
 
 
-def _recipient_lines(mode: Mode, recipient: RecipientTrack) -> list[str]:
-    done = "" if is_complete(mode, recipient.state) else "  (waiting)"
+def _recipient_lines(mode: Mode, recipient: RecipientTrack, queued: RecipientStatus | None = None) -> list[str]:
+    if is_complete(mode, recipient.state):
+        done = ""
+    elif queued is not None and queued.state in (RecipientState.QUEUED, RecipientState.IN_FLIGHT):
+        tries = f"{queued.attempts} attempt{'s' if queued.attempts != 1 else ''}"
+        done = f"  (not sent yet: in our queue after {tries}; the timeout starts when it leaves, DN-9)"
+    else:
+        done = "  (waiting)"
     lines = [f"  {_clean(recipient.address)}  {recipient.state.value}{done}"]
     if not recipient.history:
         lines.append("    no notifications yet")
@@ -79,23 +86,30 @@ def _recipient_lines(mode: Mode, recipient: RecipientTrack) -> list[str]:
     return lines
 
 
-def track_lines(tracked: TrackedMessage) -> list[str]:
+def track_lines(tracked: TrackedMessage, queue: Sequence[RecipientStatus] = ()) -> list[str]:
     """The text report of one track (see the module docstring), one string per line, control characters escaped.
 
     :param tracked: from :meth:`hisp.adapters.storage.SqlStore.tracking`.
+    :param queue: the original message's recipients in our queue (``SqlStore.show``), to tell a recipient still
+        waiting to be sent from one waiting for its notifications; empty when unknown.
     :returns: the lines, without newlines.
     """
     track = tracked.track
+    by_address = {q.address.strip().lower(): q for q in queue}
     return [
         f"tracked message {tracked.queue_id}",
         f"  Message-ID: {_clean(tracked.header_message_id)}",
         f"  sender:     {_clean(tracked.sender) if tracked.sender else '<>'}",
         f"  mode:       {MODE_TEXT[track.mode]}" + ("; processed MDNs consumed" if track.consume_processed else ""),
-        f"  sent:       {_time(track.sent_at)}",
+        f"  submitted:  {_time(track.sent_at)}",
         f"  deadline:   {_time(track.deadline)} (timeout {track.timeout.total_seconds():g} s)",
         f"  complete:   {'yes' if tracked.complete else 'no'}",
         "recipients:",
-        *(line for recipient in track.recipients.values() for line in _recipient_lines(track.mode, recipient)),
+        *(
+            line
+            for recipient in track.recipients.values()
+            for line in _recipient_lines(track.mode, recipient, by_address.get(recipient.address.strip().lower()))
+        ),
     ]
 
 
@@ -169,6 +183,10 @@ def track(config_path: str | None, db: str | None, key: str, as_json: bool) -> N
     store = open_for_reading(storage_url(config_path, db))
     try:
         tracked = store.tracking(key)
+        try:
+            queue: Sequence[RecipientStatus] = store.show(tracked.queue_id).message.recipients
+        except StorageError:  # the original was purged: the track alone is shown
+            queue = ()
     except StorageError as exc:  # the key is the user's input, echoed: control characters escaped
         if exc.message.startswith("nothing is tracked under"):
             raise StorageError(f"nothing is tracked under {_clean(key[:200])}") from None
@@ -178,4 +196,4 @@ def track(config_path: str | None, db: str | None, key: str, as_json: bool) -> N
     if as_json:
         click.echo(json.dumps(track_json(tracked), indent=2))
     else:
-        click.echo("\n".join(track_lines(tracked)))
+        click.echo("\n".join(track_lines(tracked, queue)))

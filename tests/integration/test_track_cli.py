@@ -102,7 +102,7 @@ def test_text_shows_each_recipient_state_and_history(filled: Filled, key: str) -
         f"  Message-ID: {REFERRAL}",
         f"  sender:     {SMITH}",
         "  mode:       reliable (final-delivery notification requested)",
-        "  sent:       2026-11-30T12:00:00+00:00",
+        "  submitted:  2026-11-30T12:00:00+00:00",
         "  deadline:   2026-11-30T13:00:00+00:00 (timeout 3600 s)",
         "  complete:   yes",
         "recipients:",
@@ -126,7 +126,11 @@ def test_text_of_a_general_track_still_waiting(filled: Filled) -> None:
     assert "  mode:       general (no final-delivery notification requested)\n" in out
     assert "  deadline:   2026-11-30T13:35:00+00:00 (timeout 5400 s)\n" in out
     assert "  complete:   no\n" in out
-    assert out.endswith(f"  {JONES}  sent  (waiting)\n    no notifications yet\n")
+    # the fixture never relayed it: still in our queue, so not waiting for notifications but to be sent (DN-9)
+    assert out.endswith(
+        f"  {JONES}  sent  (not sent yet: in our queue after 0 attempts; the timeout starts when it leaves, DN-9)\n"
+        "    no notifications yet\n"
+    )
 
 
 def test_json(filled: Filled) -> None:
