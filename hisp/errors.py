@@ -54,8 +54,28 @@ class HispError(Exception):
         self.context: Mapping[str, Any] = MappingProxyType(dict(context))
 
     def smtp_reply(self) -> str:
-        """The reply line to give an SMTP client, e.g. ``"554 5.7.1 untrusted signer"``."""
-        return f"{self.smtp_code} {self.smtp_status} {self.message}"
+        """The reply line to give an SMTP client, e.g. ``"554 5.7.1 untrusted signer"``.
+
+        One line of printable ASCII (RFC 5321 section 4.2): the message may quote what a peer chose (a
+        certificate's issuer name with CR LF in it), so every other character is shown as ``\\xNN`` /
+        ``\\uNNNN``; a reply broken over lines would be answered as a temporary failure instead.
+        """
+        return f"{self.smtp_code} {self.smtp_status} {_printable(self.message)}"
+
+
+def _printable(text: str) -> str:
+    """``text`` with anything but printable ASCII (space to tilde) escaped, backslashes included."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    shown = []
+    for char in text:
+        if char == "\\":
+            shown.append("\\\\")
+        elif " " <= char <= "~":
+            shown.append(char)
+        else:
+            shown.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(shown)
 
 
 class ConfigError(HispError):
