@@ -472,6 +472,8 @@ def _write_output(path: str, data: bytes) -> None:
             return
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    if target.is_symlink():  # write what the link points to; the link stays a link
+        target = Path(os.path.realpath(target))
     temporary = target.with_name(f".{target.name}.partial")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

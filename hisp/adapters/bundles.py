@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import hashlib
 import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -85,6 +87,10 @@ class RefreshOutcome:
     http_status: int | None = None
 
 
+#: Seconds :func:`write_through_special` waits for a process to open a FIFO for reading.
+FIFO_READER_WAIT = 2.0
+
+
 def write_through_special(path: Path, data: bytes) -> bool:
     """Write ``data`` into ``path`` in place when it exists and is not a regular file (``/dev/null``,
     ``/dev/stdout``, a FIFO): renaming a new file over it, as :func:`write_atomically` does for a regular file,
@@ -95,7 +101,8 @@ def write_through_special(path: Path, data: bytes) -> bool:
     :param data: the content.
     :returns: True when ``path`` was such a file and has been written; False when it is a regular file or does
         not exist (nothing done).
-    :raises OSError: ``path`` is a directory, or cannot be opened or written.
+    :raises OSError: ``path`` is a directory, or cannot be opened or written (a FIFO that no process opens for
+        reading within :data:`FIFO_READER_WAIT` seconds: ENXIO).
     """
     try:
         mode = os.stat(path).st_mode
@@ -105,8 +112,25 @@ def write_through_special(path: Path, data: bytes) -> bool:
         return False
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(21, "Is a directory", str(path))
-    with open(path, "wb") as handle:
-        handle.write(data)
+    # non-blocking open: a FIFO nobody reads fails (ENXIO) after FIFO_READER_WAIT seconds instead of hanging the
+    # command; then blocking writes, so that a slow reader gets everything
+    deadline = time.monotonic() + FIFO_READER_WAIT
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb") as handle:
+            fd = -1
+            handle.write(data)
+    finally:
+        if fd != -1:
+            os.close(fd)
     return True
 
 
@@ -114,7 +138,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a mix.
 
     A ``path`` that exists and is not a regular file (a device such as ``/dev/null``, a FIFO) is written
-    through in place instead (:func:`write_through_special`): never replaced.
+    through in place instead (:func:`write_through_special`): never replaced. A symbolic link is followed: the
+    file it points to is replaced, and the link stays.
 
     :param path: the target file; its directory must exist.
     :param data: the new content.
@@ -124,6 +149,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     """
     if write_through_special(path, data):
         return
+    if path.is_symlink():  # update what the link points to, in its own directory; the link stays a link
+        path = Path(os.path.realpath(path))
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
