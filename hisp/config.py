@@ -1484,9 +1484,12 @@ def _local_certificates(sub: _Reader) -> LocalCertificateConfig:
     file = sub.path("file")
     assert file is not None
     try:
-        if file.stat().st_size > MAX_LOCAL_CERTIFICATE_FILE:
+        if not file.is_file():  # a FIFO or a device would be read without bound, or block the load
+            raise sub.error("file", f"cannot read {file}: it does not exist or is not a regular file")
+        with file.open("rb") as handle:
+            data = handle.read(MAX_LOCAL_CERTIFICATE_FILE + 1)
+        if len(data) > MAX_LOCAL_CERTIFICATE_FILE:
             raise sub.error("file", f"{file} is larger than {MAX_LOCAL_CERTIFICATE_FILE} bytes")
-        data = file.read_bytes()
     except OSError as exc:
         raise sub.error("file", f"cannot read {file}: {exc.strerror}") from None
     except ValueError as exc:  # a NUL byte in the path

@@ -144,6 +144,7 @@ class DiscoveryCache:
         self._clock = clock
         self._entries: OrderedDict[tuple[Hashable, DirectAddress], tuple[float, DiscoveryResult]] = OrderedDict()
         self._lock = threading.Lock()
+        self._generation = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -172,28 +173,41 @@ class DiscoveryCache:
             self._entries.move_to_end(key)
         return dataclasses.replace(result, from_cache=True)
 
-    def put(self, result: DiscoveryResult, *, scope: Hashable = None) -> None:
+    @property
+    def generation(self) -> int:
+        """A number :meth:`clear` changes: a lookup notes it when it starts and hands it to :meth:`put`."""
+        with self._lock:
+            return self._generation
+
+    def put(self, result: DiscoveryResult, *, scope: Hashable = None, generation: int | None = None) -> None:
         """Keep ``result`` for ``result.ttl`` seconds (not at all when 0 or unavailable).
 
         :param result: the result of a lookup.
         :param scope: whose result (see :meth:`get`).
+        :param generation: :attr:`generation` when the lookup started; a result begun before a :meth:`clear`
+            (a trust reload while it ran: its verdicts used the old anchors) is dropped.
 
-        Spec: CD-10 (cache for the TTL); DESIGN.md section 4 (unavailable is transient: never cached).
+        Spec: CD-10 (cache for the TTL); AS-20 (no verdict of removed anchors served); DESIGN.md section 4
+        (unavailable is transient: never cached).
         """
         if result.ttl <= 0 or result.outcome is Outcome.UNAVAILABLE:
             return
         expires = self._clock() + result.ttl
         key = (scope, result.address)
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return
             self._entries[key] = (expires, result)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
     def clear(self) -> None:
-        """Forget everything (call after the trust configuration changed)."""
+        """Forget everything (call after the trust configuration changed), lookups still running included: what
+        they bring back is not kept (:attr:`generation`)."""
         with self._lock:
             self._entries.clear()
+            self._generation += 1
 
 
 Fetcher = Callable[[str], bytes]
@@ -278,7 +292,9 @@ class CertificateDiscovery:
         Spec: CD-1 .. CD-10.
         """
         recipient = address if isinstance(address, DirectAddress) else DirectAddress.parse(address)
+        generation = None
         if self.cache is not None:
+            generation = self.cache.generation
             cached = self.cache.get(recipient, at, scope=self.cache_scope)
             if cached is not None:
                 return cached
@@ -301,7 +317,7 @@ class CertificateDiscovery:
                 plan.receive(answer)
         result = plan.result()
         if self.cache is not None:
-            self.cache.put(result, scope=self.cache_scope)
+            self.cache.put(result, scope=self.cache_scope, generation=generation)
         return result
 
     async def _answer(self, step: Step, address: DirectAddress, at: datetime, session: LdapSession) -> Answer:

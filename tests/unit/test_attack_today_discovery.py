@@ -54,9 +54,6 @@ class GatedDns(FakeDns):
         return await super().cert(name)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a lookup in flight across SenderDiscovery.clear()/reload() "
-                   "(SIGHUP) puts its old-anchor verdict into the cache after the clear (DiscoveryCache.put has no "
-                   "generation check), so the removed partner stays trusted for the TTL")
 def test_lookup_in_flight_across_a_trust_reload_does_not_repopulate_the_cache(
     pki: TestPKI, stranger: TestPKI  # noqa: F811
 ) -> None:
@@ -136,9 +133,6 @@ def test_local_certificate_for_another_address_is_refused_at_load(tmp_path: Path
         _config(tmp_path, f'[[discovery.local]]\naddress = "{DR_B}"\nfile = "other.pem"\n')
 
 
-@pytest.mark.xfail(strict=True, reason="defect: config._local_certificates bounds the file by stat().st_size then "
-                   "read_bytes(): a FIFO (or a symlink to a character device) has size 0 and is read unbounded "
-                   "(and blocks the load forever when nothing writes)")
 def test_local_file_that_is_a_fifo_is_refused_not_read_unbounded(tmp_path: Path) -> None:
     """CD-10 / config hardening: a [[discovery.local]] file must be a regular file of at most 1 MiB; a FIFO
     streaming 2 MiB must be refused as too large or not a file, never read whole."""
