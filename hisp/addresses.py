@@ -88,6 +88,13 @@ class DirectAddress:
         :param text: e.g. ``"Dr A <Dr.A@Direct.Clinic.Example>"``.
         :raises AddressError: when there is not exactly one valid address.
         """
+        if cls is DirectAddress and type(text) is str and len(text) <= _MAX_REMEMBERED:
+            # the same few addresses recur (From, To, the SMTP envelope): parsed once (DirectAddress is immutable)
+            return _parse_address(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> DirectAddress:
         plain = _PLAIN_ADDRESS.fullmatch(text)
         if plain is not None and len(plain.group(1)) <= _MAX_LOCAL:
             # A bare local@domain, as nearly every From is: getaddresses would return it unchanged.
@@ -109,6 +116,16 @@ class DirectAddress:
 
     def __str__(self) -> str:
         return f"{self.local}@{self.domain.name}"
+
+
+#: The longest text :meth:`DirectAddress.parse` remembers (a header value can be far longer; those are parsed anew).
+_MAX_REMEMBERED = 512
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_address(text: str) -> DirectAddress:
+    """``DirectAddress._parse(text)``, remembered by the text (failures raise and are not remembered)."""
+    return DirectAddress._parse(text)
 
 
 def parse_address_list(values: list[str]) -> list[DirectAddress]:

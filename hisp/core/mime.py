@@ -384,6 +384,12 @@ class Entity:
 def _transfer_encoding(value: str | None) -> str:
     if value is None:
         return "7bit"
+    return _transfer_encoding_of(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _transfer_encoding_of(value: str) -> str:
+    """:func:`_transfer_encoding` of a field's value (a pure function of it, remembered: a few values recur)."""
     cleaned = _COMMENT.sub("", value).partition(";")[0].strip().strip('"').strip().lower()
     return cleaned or "7bit"
 
@@ -642,13 +648,20 @@ class _Parsed:
     bare_cr: bool | None
     #: the split of a multipart body that is a range of ``buf`` (set by the structure check's walk)
     multipart: _Multipart | None = None
+    #: the transfer encoding, once asked for (the structure check and the canonical form both ask)
+    _encoding: str | None = None
 
     @property
     def transfer_encoding(self) -> str:
-        for name, value in self.headers:
-            if name.lower() == "content-transfer-encoding":
-                return _transfer_encoding(value)
-        return "7bit"
+        encoding = self._encoding
+        if encoding is None:
+            encoding = "7bit"
+            for name, value in self.headers:
+                if name.lower() == "content-transfer-encoding":
+                    encoding = _transfer_encoding(value)
+                    break
+            self._encoding = encoding
+        return encoding
 
     def body(self) -> bytes:
         return self.buf[self.body_start : self.end]

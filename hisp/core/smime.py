@@ -140,6 +140,21 @@ _DIGESTS: dict[str, tuple[DigestAlgorithm | None, str]] = {
     "2.16.840.1.101.3.4.2.2": (DigestAlgorithm.SHA384, "sha384"),
     "2.16.840.1.101.3.4.2.3": (DigestAlgorithm.SHA512, "sha512"),
 }
+# cryptography's ``algorithms`` and ``modes`` modules are wrapped for deprecation warnings: each attribute read
+# is a Python __getattr__ call. The classes used per message are read once.
+_AES = algorithms.AES
+_CBC = modes.CBC
+_GCM = modes.GCM
+
+# hashlib's named constructors (hashlib.new looks the name up in Python on every call)
+_HASH_NEW: dict[str, Callable[..., Any]] = {
+    "md5": hashlib.md5,
+    "sha1": hashlib.sha1,
+    "sha224": hashlib.sha224,
+    "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+}
 _DIGEST_OID: dict[DigestAlgorithm, str] = {d: oid for oid, (d, _n) in _DIGESTS.items() if d is not None}
 _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "md5": hashes.MD5,
@@ -877,7 +892,9 @@ def _signing_time_der(at: datetime) -> bytes:
     UTCTime ``YYMMDDHHMMSSZ`` (X.690 section 11.8) written directly: what asn1crypto's UTCTime writes.
     """
     if 1950 <= at.year <= 2049:
-        return _tlv(0x17, at.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+        return b"\x17\x0d%02d%02d%02d%02d%02d%02dZ" % (
+            at.year % 100, at.month, at.day, at.hour, at.minute, at.second
+        )
     return bytes(_signing_time(at).dump())
 
 
@@ -916,6 +933,11 @@ def _attribute_der(name: str, value_der: bytes) -> bytes:
 @functools.lru_cache(maxsize=32)
 def _capabilities_der(capabilities: SmimeCapabilities) -> bytes:
     return bytes(capabilities.to_asn1().dump())
+
+
+@functools.cache
+def _default_capabilities_der() -> bytes:
+    return _capabilities_der(DEFAULT_CAPABILITIES)
 
 
 @functools.lru_cache(maxsize=32)
@@ -1012,7 +1034,7 @@ def _sign(
         raise PolicyViolation("MD5 may not be used to sign (AS-8)", algorithm=digest.value)
     digest_oid = _DIGEST_OID[digest]
     hash_name = _DIGESTS[digest_oid][1]
-    message_digest = hashlib.new(hash_name, content).digest()
+    message_digest = _HASH_NEW[hash_name](content).digest()
 
     attributes = [
         _CONTENT_TYPE_DATA_ATTRIBUTE,
@@ -1020,7 +1042,11 @@ def _sign(
         _attribute_der("message_digest", _tlv(0x04, message_digest)),
     ]
     if capabilities is not None:
-        attributes.append(_attribute_der("smime_capabilities", _capabilities_der(capabilities)))
+        # the default capabilities' DER is remembered by identity (hashing the dataclass costs more than the DER)
+        capabilities_der = (
+            _default_capabilities_der() if capabilities is DEFAULT_CAPABILITIES else _capabilities_der(capabilities)
+        )
+        attributes.append(_attribute_der("smime_capabilities", capabilities_der))
     # DER SET OF: elements sorted by their encodings (X.690 section 11.6). OpenSSL re-encodes signedAttrs
     # canonically before verifying, so an unsorted SET would fail there.
     attributes.sort()
@@ -1223,7 +1249,7 @@ def _verify_signer(
         policy.check_curve(public_key.curve.name)
 
     if info.digest_oid not in digests:
-        digests[info.digest_oid] = hashlib.new(hash_name, content).digest()
+        digests[info.digest_oid] = _HASH_NEW[hash_name](content).digest()
     content_digest = digests[info.digest_oid]
 
     if info.signed_attrs_der is not None:
@@ -1512,7 +1538,7 @@ def _encrypt_content(
         # GCMParameters (RFC 5084 section 3.2): the nonce, and the ICV length (16, not the default 12)
         params = _tlv(0x30, _tlv(0x04, nonce), _tlv(0x02, bytes([_GCM_TAG_BYTES])))
         algorithm = _tlv(0x30, _oid_der(_CIPHER_OID[cipher]), params)
-        gcm_encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+        gcm_encryptor = Cipher(_AES(key), _GCM(nonce)).encryptor()
 
         def write_gcm(out: memoryview) -> bytes:
             written = 0
@@ -1526,7 +1552,7 @@ def _encrypt_content(
     algorithm = _tlv(0x30, _oid_der(_CIPHER_OID[cipher]), _tlv(0x04, iv))  # RFC 3565 section 4.1: the IV
     # PKCS#7 padding (RFC 5652 section 6.3) fed as one more piece: no copy of the content.
     pad = _AES_BLOCK - length % _AES_BLOCK
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    encryptor = Cipher(_AES(key), _CBC(iv)).encryptor()
 
     def write_cbc(out: memoryview) -> bytes:
         written = 0
@@ -1577,10 +1603,13 @@ _OAEP_SHA256 = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.
 
 
 def _recipient_info(
-    cert: Certificate, key: bytes, key_transport: KeyTransport, recipient_identifier: str
+    cert: Certificate,
+    key: bytes,
+    key_transport: KeyTransport,
+    recipient_identifier: str,
+    public_key: rsa.RSAPublicKey,
 ) -> bytes:
-    """The KeyTransRecipientInfo of ``cert`` for ``key``, DER."""
-    public_key = _check_recipient(cert, recipient_identifier)
+    """The KeyTransRecipientInfo of ``cert`` for ``key``, DER (``public_key``: as :func:`_check_recipient` gave it)."""
     if recipient_identifier == "ski":
         rid = _tlv(0x80, bytes(cert.subject_key_identifier or b""))  # [0] IMPLICIT SubjectKeyIdentifier
         version = _KTRI_VERSION_DER["ski"]  # v2
@@ -1642,12 +1671,18 @@ def _encrypt(
         raise ConfigError(
             f"unknown recipient_identifier {recipient_identifier!r}: use 'issuer_serial' or 'ski'"
         )
-    cipher = ContentCipher(cipher)
-    key_transport = KeyTransport(key_transport)
-    for cert in recipients:  # check every recipient before the (possibly large) content is encrypted
-        _check_recipient(cert, recipient_identifier)
+    if type(cipher) is not ContentCipher:  # a member is itself (Enum's __call__ is a Python call)
+        cipher = ContentCipher(cipher)
+    if type(key_transport) is not KeyTransport:
+        key_transport = KeyTransport(key_transport)
+    authenticated = cipher.authenticated
+    # every recipient checked before the (possibly large) content is encrypted
+    public_keys = [_check_recipient(cert, recipient_identifier) for cert in recipients]
     key, algorithm, ciphertext_length, write_ciphertext = _encrypt_content(pieces, cipher)
-    infos = [_recipient_info(cert, key, key_transport, recipient_identifier) for cert in recipients]
+    infos = [
+        _recipient_info(cert, key, key_transport, recipient_identifier, public_key)
+        for cert, public_key in zip(recipients, public_keys, strict=True)
+    ]
     recipient_infos = _tlv(0x31, *sorted(infos))  # a DER SET OF: elements in the order of their encodings
 
     # The DER is assembled by hand around the ciphertext, which is encrypted straight into the result.
@@ -1655,7 +1690,7 @@ def _encrypt(
     ct_header = _der_header(0x80, ciphertext_length)  # [0] IMPLICIT OCTET STRING, primitive
     eci_length = len(eci_head) + len(ct_header) + ciphertext_length
     eci_header = _der_header(0x30, eci_length)
-    if cipher.authenticated:
+    if authenticated:
         version = _KTRI_VERSION_DER["issuer_serial"]  # INTEGER 0: RFC 5083 section 2.1, always 0
         trailer_length = len(_der_header(0x04, _GCM_TAG_BYTES)) + _GCM_TAG_BYTES  # mac
         outer_oid = _oid_der(_OID_AUTH_ENVELOPED_DATA)
@@ -1693,7 +1728,7 @@ def _encrypt(
     try:
         with buffer[len(head) :] as target:
             tag = write_ciphertext(target)
-        if cipher.authenticated:
+        if authenticated:
             trailer = _tlv(0x04, tag)
             if len(trailer) != trailer_length:  # pragma: no cover - the tag is always 16 bytes
                 raise AssertionError("unexpected GCM tag length")
@@ -1946,7 +1981,7 @@ def _decrypt_content(
         tag = envelope.mac or b""
         if len(tag) != icv_len:
             return None
-        gcm = Cipher(algorithms.AES(key), modes.GCM(nonce, tag, min_tag_length=len(tag))).decryptor()
+        gcm = Cipher(_AES(key), _GCM(nonce, tag, min_tag_length=len(tag))).decryptor()
         if envelope.auth_attrs_der is not None:
             gcm.authenticate_additional_data(envelope.auth_attrs_der)
         plaintext = gcm.update(ciphertext)
@@ -1957,7 +1992,7 @@ def _decrypt_content(
         return plaintext
     if len(ciphertext) == 0 or len(ciphertext) % _AES_BLOCK:
         return None
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(params)).decryptor()
+    decryptor = Cipher(_AES(key), _CBC(params)).decryptor()
     # Decrypted straight into one buffer (with the slack update_into asks for), cut to the unpadded length
     # and handed over by BytesIO.getvalue without a copy: the plaintext exists once.
     size = len(ciphertext)

@@ -6,7 +6,7 @@
 * ``mime._wrap`` / ``_canonical_pieces`` reusing the entities ``_check_structure`` parsed (its ``memo``): the same
   outer headers and signed entity as parsing again.
 * ``mime._b64encode_lines``: the partial last step cut by one struct.
-* ``DirectAddress.parse`` of a bare ``local@domain`` without ``getaddresses``.
+* ``DirectAddress.parse`` of a bare ``local@domain`` without ``getaddresses``, and remembered by its text.
 """
 
 from __future__ import annotations
@@ -317,9 +317,10 @@ def test_base64_decoding_is_the_tolerant_decoding(data: bytes) -> None:
 
 
 def _parse_general(text: str) -> Any:
+    # DirectAddress._parse: the parse itself, not the memo (which may remember the fast path's answer)
     with mock.patch.object(addresses, "_PLAIN_ADDRESS", re.compile(r"(?!)")):
         try:
-            return DirectAddress.parse(text)
+            return DirectAddress._parse(text)
         except AddressError as exc:
             return ("error", exc.message)
 
@@ -350,3 +351,31 @@ def _parse(text: str) -> Any:
 @example("a" * 65 + "@x.org")
 def test_plain_addresses_parse_as_getaddresses_does(text: str) -> None:
     assert _parse(text) == _parse_general(text)
+
+
+def _parse_uncached(text: str) -> Any:
+    try:
+        return DirectAddress._parse(text)
+    except AddressError as exc:
+        return ("error", exc.message)
+
+
+@SETTINGS
+@given(
+    st.one_of(
+        st.from_regex(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,70}@[A-Za-z0-9.-]{1,70}", fullmatch=True),
+        st.lists(
+            st.sampled_from(["a", "B", ".", "@", "-", "..", " ", "<", ">", '"', "(c)", ",", "x.org", "é", "\n", "_"]),
+            max_size=12,
+        ).map("".join),
+        st.text(max_size=40),
+    )
+)
+@example("Dr A <Dr.A@Direct.Clinic.Example>")
+@example("a@x.org, b@x.org")
+@example("x" * 600 + "@x.org")
+def test_remembered_addresses_are_parsed_addresses(text: str) -> None:
+    # asked twice: the second answer may come from the memo; both are the parse's answer (errors never remembered)
+    expected = _parse_uncached(text)
+    assert _parse(text) == expected
+    assert _parse(text) == expected
