@@ -187,6 +187,21 @@ def _headers(raw: bytes) -> list[tuple[str, str]]:
     return [(str(name), str(value)) for name, value in parsed.items()]
 
 
+def _has_bcc(raw: bytes) -> bool:
+    """Whether the header section has a Bcc field, however written (``bcc:``, ``BCC :``): the security agent's
+    parser reads ``BCC :`` as a field where Python's stops at it, so this looks at the lines themselves.
+
+    Spec: AS-13 (no Bcc in a Direct message); RFC 5322 section 3.6.3; RFC 822 allowed space before the colon.
+    """
+    for line in header_block(raw).split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            continue  # a folded continuation
+        name, colon, _ = line.partition(b":")
+        if colon and name.strip().lower() == b"bcc":
+            return True
+    return False
+
+
 def _header(raw: bytes, name: str) -> str | None:
     for key, value in _headers(raw):
         if key.lower() == name.lower():
@@ -335,7 +350,7 @@ class Pipeline:
         Spec: DESIGN.md section 1 ("a message answered 250 is on disk first"); RFC 6409; DN-2, DN-7.
         """
         now = self.clock()
-        if any(name.strip().lower() == "bcc" for name, _ in _headers(raw)):
+        if _has_bcc(raw):
             raise PolicyViolation(
                 "Bcc is not allowed in Direct messages (AS-13): send each blind recipient a message of its own",
                 rule="bcc",

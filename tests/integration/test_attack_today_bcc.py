@@ -46,9 +46,6 @@ def test_bcc_case_and_folding_variants_are_refused(pki_setup: DemoSetup, tmp_pat
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a 'BCC :' field (RFC 5322 obs-optional: WSP before the colon) ends "
-                   "compat32's header parse in pipeline._headers, so accept_outgoing answers 250 and stores it; "
-                   "the agent then refuses it when sealing (a bounce after 250, what f3e74fc set out to end)")
 def test_bcc_with_space_before_colon_is_refused(pki_setup: DemoSetup, tmp_path: Path) -> None:  # noqa: F811
     """AS-13: 'BCC : addr' is a Bcc field (RFC 5322 section 4.5.3 obs-optional allows WSP before ':'); it must be
     refused at submission like 'Bcc: addr', not accepted with 250."""
