@@ -28,10 +28,21 @@ __all__ = [
     "iso_option",
     "parse_time",
     "policy_option",
+    "printable",
     "read_bundle_source",
     "read_small",
     "timeout_option",
 ]
+
+
+def printable(text: str | None) -> str:
+    """Text from the network (a partner's certificate names, DNS data, Message-IDs), safe for a terminal: control
+    characters escaped (``\\x1b``, ``\\r``); ``"-"`` for None."""
+    if text is None:
+        return "-"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 # Files an operator points us at are certificates and keys: refuse anything absurdly large (bytes).
 MAX_CREDENTIAL_FILE = 1024 * 1024

@@ -29,6 +29,7 @@ from hisp.commands.common import (
     certificates_from,
     parse_time,
     policy_option,
+    printable,
     timeout_option,
 )
 from hisp.core.agent import RecipientTrust, StaticAnchors
@@ -152,9 +153,9 @@ def discover(
             click.echo(cert.to_pem().decode("ascii"), nl=False)
     elif as_json:
         click.echo(result.to_json())
-    else:
-        click.echo(result.explain())
+    else:  # names and reasons come from partners' certificates and DNS: control characters escaped, line by line
+        click.echo("\n".join(printable(line) for line in result.explain().split("\n")))
     if not result.usable:
         kind = "temporarily unavailable" if result.outcome.value == "unavailable" else "undeliverable"
-        click.echo(f"hisp: {recipient}: {kind}: {result.reason}", err=True)
+        click.echo(f"hisp: {recipient}: {kind}: {printable(result.reason)}", err=True)
         sys.exit(1)

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from hisp.adapters.storage import SqlStore, current_revision, default_url, head_revision
-from hisp.commands.common import fail_cleanly
+from hisp.commands.common import fail_cleanly, printable
 from hisp.config import load_config
 from hisp.errors import ConfigError, HispError, StorageError
 from hisp.ports import (
@@ -109,13 +109,8 @@ def open_for_reading(url: str) -> SqlStore:
 # -- rendering -----------------------------------------------------------------------------------------------
 
 
-def _clean(text: str | None) -> str:
-    """Text from the network, safe for a terminal: control characters escaped."""
-    if text is None:
-        return "-"
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+#: Text from the network, safe for a terminal (:func:`hisp.commands.common.printable`).
+_clean = printable
 
 
 def _state(state: RecipientState) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from hisp.cli import main
@@ -17,9 +16,6 @@ from hisp.testing.pki import TestPKI
 ADDRESS = "dr.b@partner.example"
 
 
-@pytest.mark.xfail(strict=True, reason="defect: hisp discover prints DiscoveryResult.explain() and result.reason "
-                   "(hisp/commands/discover.py:159-164) raw: a certificate/issuer name's ESC/BEL/CR reach the "
-                   "terminal (OSC title set, screen cleared)")
 def test_discover_escapes_control_characters_of_hostile_certificate_names(tmp_path: Path) -> None:
     """AS-20 / CD-8 (the verdict explained to the operator) without letting a peer's certificate names write
     terminal escape sequences: no ESC or BEL in stdout or stderr."""
