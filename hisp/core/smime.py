@@ -927,7 +927,16 @@ _VERSION_1_DER = bytes(asn1_core.Integer(1).dump())
 
 def _attribute_der(name: str, value_der: bytes) -> bytes:
     """One CMS Attribute (RFC 5652 section 5.3) with a single value: SEQUENCE { type, SET { value } }."""
-    return _tlv(0x30, _ATTRIBUTE_OID_DER[name], _tlv(0x31, value_der))
+    return _attribute_head(name, len(value_der)) + value_der
+
+
+@functools.lru_cache(maxsize=64)
+def _attribute_head(name: str, value_length: int) -> bytes:
+    """The bytes of :func:`_attribute_der` before the value: they depend only on the type and the value's length
+    (the signed attributes of every message are the same types with values of the same lengths)."""
+    value_set_header = _der_header(0x31, value_length)
+    oid = _ATTRIBUTE_OID_DER[name]
+    return _der_header(0x30, len(oid) + len(value_set_header) + value_length) + oid + value_set_header
 
 
 @functools.lru_cache(maxsize=32)

@@ -71,3 +71,14 @@ def test_transfer_encoding_found_once_is_the_entitys(values: list[str], name: st
     assert parsed.transfer_encoding == expected  # asked again: the remembered answer
     for value in values:
         assert mime._transfer_encoding(value) == mime._transfer_encoding_of.__wrapped__(value)
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["content_type", "signing_time", "message_digest", "smime_capabilities"]),
+    st.one_of(st.integers(0, 300), st.integers(0, 70_000)),
+)
+def test_attribute_head_is_the_general_encoding(name: str, length: int) -> None:
+    value = bytes([0x04]) + bytes(length)
+    general = smime._tlv(0x30, smime._ATTRIBUTE_OID_DER[name], smime._tlv(0x31, value))
+    assert smime._attribute_der(name, value) == general
