@@ -457,7 +457,16 @@ class SecurityAgent:
         del envelope
 
         # check_structure, parse_entity and (multipart/signed) split_multipart_signed, each entity parsed once
-        inner, parts = mime._open_signed_layer(decrypted.content, self.limits)
+        memo: dict[tuple[int, int], mime._Parsed] = {}
+        inner, parts = mime._open_signed_layer(decrypted.content, self.limits, memo)
+        # The signed message's header fields as the structure check parsed them, with the bytes they were parsed
+        # from, kept for a small message only (a large one's plaintext is dropped below, DESIGN 3).
+        known_headers = None
+        if len(decrypted.content) <= _KNOWN_HEADERS_MAX_BYTES:
+            found = mime._signed_message_headers(decrypted.content, memo)
+            if found is not None:
+                known_headers = (decrypted.content, *found)
+        del memo
         defects.extend(inner.defects)
         inner_kind = mime.smime_type(inner.content_type)
         signed_entity: mime.Entity | None = None
@@ -497,7 +506,18 @@ class SecurityAgent:
         plain = unwrapped if unwrapped is not None else _reattach_outer_headers(outer, verdict.content)
         # From is checked on the message delivered: unwrapped, the signed entity's own header fields (a second
         # From) join the outer ones, and the delivered message must have exactly one From, bound to the signer.
-        sender = _single_address(mime._parse_header_fields(plain, self.limits), "From")
+        if (
+            known_headers is not None
+            and wrapped
+            and len(plain) == known_headers[2] - known_headers[1]
+            and known_headers[0].startswith(plain, known_headers[1])
+        ):
+            # the delivered message is the very range the structure check parsed: its header fields as parsed there
+            headers = known_headers[3]
+        else:
+            headers = mime._parse_header_fields(plain, self.limits)
+        del known_headers
+        sender = _single_address(headers, "From")
         del content_entity, unwrapped
         verdict = smime.SignatureVerdict(
             valid_signers=verdict.valid_signers,
@@ -586,6 +606,11 @@ def _name_role(exc: SecurityError, role: str) -> SecurityError:
         detail = exc.message.removeprefix(f"{exc.reason}: ")
         return TrustError(f"{exc.reason} {role}: {detail}", reason=exc.reason, **exc.context)
     return exc
+
+
+#: Largest decrypted content whose signed message's header fields are kept from the structure check (bytes): the
+#: plaintext is held until the From check, which costs nothing for a small message.
+_KNOWN_HEADERS_MAX_BYTES = 1 << 20
 
 
 def _header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:

@@ -519,9 +519,15 @@ def _parse_plain_headers(header_block: bytes, limits: MimeLimits) -> tuple[tuple
         if text.count("\r") != text.count("\r\n"):
             return None
         text = text.replace("\r\n", "\n")
-    if _PLAIN_BLOCK.fullmatch(text) is None:
-        return None
     fields = _PLAIN_FIELDS.findall(text)
+    # The fields must tile the text (what _PLAIN_BLOCK.fullmatch asks): each match is the name, the colon, the value
+    # and its line ending (none for a last line without one), matches never overlap, so they leave no gap exactly
+    # when their lengths add up to the text's.
+    covered = sum(len(name) + len(value) for name, value in fields) + 2 * len(fields)
+    if not text.endswith("\n") and fields:
+        covered -= 1
+    if covered != len(text):
+        return None
     if len(fields) > limits.max_headers:
         return None
     # unfolded as _parse_headers does: the lines joined without their line endings
@@ -820,9 +826,18 @@ def _b64encode_lines(data: bytes) -> bytes:
 
     The same bytes as ``base64.encodebytes(data).replace(b"\\n", CRLF)``.
     """
-    out = io.BytesIO()
-    _b64_write(out, data)
-    return out.getvalue()
+    if len(data) > _B64_CHUNK:
+        out = io.BytesIO()
+        _b64_write(out, data)
+        return out.getvalue()
+    # one step (a signature, a small part): its lines joined at once, without a buffer
+    encoded = binascii.b2a_base64(data, newline=False)
+    count = len(encoded) // 76
+    lines = list(_b64_lines_struct(count).unpack_from(encoded)) if count else []
+    if count * 76 < len(encoded):
+        lines.append(encoded[count * 76 :])
+    lines.append(b"")
+    return CRLF.join(lines) if len(lines) > 1 else b""
 
 
 _B64_LINES_PER_STEP = 1024
@@ -1592,11 +1607,15 @@ def _multipart_defects(structure: _Multipart) -> list[str]:
     return defects
 
 
-def _open_signed_layer(raw: bytes, limits: MimeLimits) -> tuple[Entity, SignedParts | None]:
+def _open_signed_layer(
+    raw: bytes, limits: MimeLimits, memo: _Memo | None = None
+) -> tuple[Entity, SignedParts | None]:
     """``check_structure(raw, limits)``, then ``parse_entity(raw, limits)`` and, when it is multipart/signed,
     ``split_multipart_signed`` of it: the same results and errors, but every entity is parsed (and its line
-    endings counted) once, by the structure check."""
-    memo: dict[tuple[int, int], _Parsed] = {}
+    endings counted) once, by the structure check. ``memo``, when given, receives those entities (see
+    :func:`_signed_message_headers`)."""
+    if memo is None:
+        memo = {}
     _check_structure(raw, limits, need_cr=True, memo=memo)
     top = memo[0, len(raw)]
     entity = _entity_of(top)
@@ -1605,6 +1624,28 @@ def _open_signed_layer(raw: bytes, limits: MimeLimits) -> tuple[Entity, SignedPa
     # the walk split this body (a range of raw, when it starts at 0 and was not decoded): split it once
     structure = top.multipart if top.start == 0 else None
     return entity, _split_multipart_signed(entity, limits, memo, top.start, structure)
+
+
+def _signed_message_headers(raw: bytes, memo: _Memo) -> tuple[int, int, tuple[tuple[str, str], ...]] | None:
+    """Where the message inside the signed message/rfc822 part of the multipart/signed ``raw`` is, and its
+    header fields, as :func:`_open_signed_layer` parsed them into ``memo``: ``(start, end, headers)``, or None
+    when that part is not a message/rfc822 entity whose body is a range of ``raw`` (not transfer-encoded).
+
+    ``headers`` are ``_parse_header_fields(raw[start:end], limits)`` for the limits of that walk: the same bytes
+    parsed within the same limits.
+    """
+    top = memo.get((0, len(raw)))
+    if top is None or top.start != 0 or top.multipart is None or not top.multipart.parts:
+        return None
+    part = memo.get(top.multipart.parts[0])
+    if part is None or part.content_type.mime_type not in _MESSAGE_TYPES:
+        return None
+    if part.transfer_encoding in ("base64", "quoted-printable"):
+        return None  # the walk parsed a decoded copy, not a range of raw
+    inner = memo.get((part.body_start, part.end))
+    if inner is None or inner.buf is not raw:
+        return None
+    return part.body_start, part.end, inner.headers
 
 
 def _split_multipart_signed(

@@ -1,7 +1,8 @@
 """The MIME and address fast paths give exactly what the general code gives (hypothesis).
 
-* ``mime._parse_plain_headers``: a header block with nothing to remark on, parsed by two regular expressions;
-  whenever it answers, ``mime._parse_headers_slow`` gives the same fields and records no defect.
+* ``mime._parse_plain_headers``: a header block with nothing to remark on, parsed by one regular expression
+  (its fields tiling the block); whenever it answers, ``mime._parse_headers_slow`` gives the same fields and
+  records no defect, and it answers exactly when the block regex ``_PLAIN_BLOCK`` matches the whole block.
 * ``mime._has_bare_lf`` / ``_has_bare_cr``: a regex search instead of counting CRLF, LF and CR.
 * ``mime._wrap`` / ``_canonical_pieces`` reusing the entities ``_check_structure`` parsed (its ``memo``): the same
   outer headers and signed entity as parsing again.
@@ -418,3 +419,82 @@ def test_base64_line_layouts_decode_as_the_tolerant_decoding(data: bytes) -> Non
 def test_base64_line_layouts_are_taken() -> None:
     data = _crlf_lines(bytes(range(256)) * 100)
     assert mime._b64_compact_lines(data) == data.translate(None, mime._WHITESPACE)
+
+
+@SETTINGS
+@given(header_blocks())
+@example(b"")
+@example(b"A:b")
+@example(b"A:b\n")
+@example(b"A:b\nx")
+@example(b"A:b\n\n")
+@example(b"A:b\n c\nB:")
+@example(b" A:b\n")
+def test_plain_fields_tile_the_block_exactly_when_the_block_regex_matches(block: bytes) -> None:
+    text = block.decode("latin-1").replace("\r\n", "\n")
+    if "\r" in text or len(block) > mime._MAX_LINE or not block.isascii():
+        return  # declined before the regex
+    answered = mime._parse_plain_headers(block, LIMITS) is not None
+    assert answered == (mime._PLAIN_BLOCK.fullmatch(text) is not None)
+
+
+_INNER_MESSAGES = [
+    b"From: a@x.org\r\nTo: b@y.org\r\n\r\nbody\r\n",
+    b"\xef\xbb\xbfFrom: a@x.org\r\n\r\nbody\r\n",
+    b"From: a@x.org\nSubject: lf\n\nbody\n",
+    b"From: a@x.org\r\nFrom: c@x.org\r\n\r\n",
+    b"From:  <a@x.org>\r\n folded\r\n\r\n",
+    b"Bad Header\r\nFrom: a@x.org\r\n\r\n",
+    b"From: \xc3\xa9@x.org\r\n\r\n",
+    b"",
+]
+
+
+@st.composite
+def signed_message_layers(draw: st.DrawFn) -> bytes:
+    """multipart/signed around a message/rfc822 part (encoded or not, with or without headers of its own)."""
+    inner = draw(st.sampled_from(_INNER_MESSAGES))
+    encoding = draw(
+        st.sampled_from([b"", b"Content-Transfer-Encoding: 7bit\r\n", b"Content-Transfer-Encoding: base64\r\n"])
+    )
+    body = base64.encodebytes(inner) if b"base64" in encoding else inner
+    kind = draw(st.sampled_from([b"message/rfc822", b"text/plain", b"Message/RFC822"]))
+    part = b"Content-Type: " + kind + b"\r\n" + encoding + b"\r\n" + body
+    parts = [part, _SIGNATURE_PART]
+    if draw(st.booleans()):
+        parts.append(part)
+    layer = b"".join(b"--s\r\n" + p + b"\r\n" for p in parts) + b"--s--\r\n"
+    head = b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary=s\r\n'
+    return draw(st.sampled_from([b"", b"\xef\xbb\xbf"])) + head + b"\r\n" + layer
+
+
+@SETTINGS
+@given(st.one_of(signed_message_layers(), signed_layers()))
+def test_signed_message_headers_are_the_parsed_headers(layer: bytes) -> None:
+    memo: dict[tuple[int, int], Any] = {}
+    try:
+        mime._open_signed_layer(layer, LIMITS, memo)
+    except MessageFormatError:
+        return
+    found = mime._signed_message_headers(layer, memo)
+    if found is None:
+        return
+    start, end, headers = found
+    assert headers == mime._parse_header_fields(layer[start:end], LIMITS)
+    # and the range is the body of the first part, as unwrap gives it
+    _, parts = mime._open_signed_layer(layer, LIMITS)
+    assert parts is not None
+    assert mime.unwrap(parts.content_entity) == layer[start:end]
+
+
+def test_signed_message_headers_are_found() -> None:
+    inner = b"From: a@x.org\r\nTo: b@y.org\r\n\r\nbody\r\n"
+    layer = (
+        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary=s\r\n\r\n'
+        b"--s\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--s\r\n" + _SIGNATURE_PART + b"\r\n--s--\r\n"
+    )
+    memo: dict[tuple[int, int], Any] = {}
+    mime._open_signed_layer(layer, LIMITS, memo)
+    found = mime._signed_message_headers(layer, memo)
+    assert found is not None and layer[found[0] : found[1]] == inner
+    assert found[2] == (("From", "a@x.org"), ("To", "b@y.org"))
