@@ -312,6 +312,21 @@ def _stored(row: MessageRow, recipients: Sequence[RecipientRow]) -> StoredMessag
     )
 
 
+def _lease_until(what: str, node: str, now: datetime, lease_seconds: float, limit: int) -> datetime:
+    """The end of a claim's lease, after checking a claim's arguments (both queues: messages and tracks).
+
+    :raises StorageError: a naive ``now``, no node name, a lease outside (0, MAX_LEASE_SECONDS] or a limit < 1.
+    """
+    _aware(now)
+    if not node:
+        raise StorageError(f"{what} needs a node name")
+    if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
+        raise StorageError("lease_seconds out of range", lease_seconds=lease_seconds)
+    if limit < 1:
+        raise StorageError("limit must be >= 1", limit=limit)
+    return now + timedelta(seconds=lease_seconds)
+
+
 def _event(row: AuditEventRow) -> AuditEvent:
     return AuditEvent(
         seq=row.seq,
@@ -912,14 +927,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
 
         Spec: DESIGN.md section 3 ("the queue claims work with SELECT ... FOR UPDATE SKIP LOCKED").
         """
-        _aware(now)
-        if not node:
-            raise StorageError("claim needs a node name")
-        if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
-            raise StorageError("lease_seconds out of range", lease_seconds=lease_seconds)
-        if limit < 1:
-            raise StorageError("limit must be >= 1", limit=limit)
-        lease_until = now + timedelta(seconds=lease_seconds)
+        lease_until = _lease_until("claim", node, now, lease_seconds, limit)
         jobs: list[Job] = []
         bodies: dict[str, tuple[bytes, str]] = {}
         with self._core("claim") as connection:
@@ -1463,14 +1471,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
 
         Spec: DN-9 (the timeout counts from the original send); DESIGN.md section 3 (SKIP LOCKED).
         """
-        _aware(now)
-        if not node:
-            raise StorageError("claim_expired needs a node name")
-        if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
-            raise StorageError("lease_seconds out of range", lease_seconds=lease_seconds)
-        if limit < 1:
-            raise StorageError("limit must be >= 1", limit=limit)
-        lease_until = now + timedelta(seconds=lease_seconds)
+        lease_until = _lease_until("claim_expired", node, now, lease_seconds, limit)
         query = (
             select(TrackedMessageRow)
             .where(
