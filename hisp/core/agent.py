@@ -17,6 +17,8 @@ anchor set (the trust issue adds per-domain stores, bundles and revocation behin
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ from hisp.errors import (
 )
 
 __all__ = [
+    "SEALING_DEPTH",
+    "SEALING_PARTS",
     "IncomingResult",
     "OutgoingResult",
     "RecipientTrust",
@@ -233,6 +237,13 @@ class IncomingResult:
         return "\n".join(lines)
 
 
+#: Entities sealing adds around the plain message: the multipart/signed layer, the message/rfc822 wrapper (AS-12)
+#: and the signature part.
+SEALING_PARTS = 3
+#: Levels of nesting sealing adds above the plain message's top entity (multipart/signed, message/rfc822).
+SEALING_DEPTH = 2
+
+
 @dataclass(frozen=True)
 class SecurityAgent:
     """Signs, encrypts, decrypts and verifies Direct messages under one security policy.
@@ -249,6 +260,17 @@ class SecurityAgent:
     max_cms_bytes: int = 64 * 1024 * 1024
 
     # -- outgoing ---------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def sealing_limits(self) -> mime.MimeLimits:
+        """:attr:`limits` less what sealing adds to the tree a receiver checks: the multipart/signed layer, the
+        message/rfc822 wrapper and the signature part (:data:`SEALING_PARTS` entities, :data:`SEALING_DEPTH`
+        levels), so that what we seal opens at a HISP with the same limits (issue 2, bounded parsing)."""
+        return dataclasses.replace(
+            self.limits,
+            max_parts=max(1, self.limits.max_parts - SEALING_PARTS),
+            max_depth=max(1, self.limits.max_depth - SEALING_DEPTH),
+        )
 
     def process_outgoing(
         self,
@@ -268,7 +290,9 @@ class SecurityAgent:
         :param trust: validates recipient certificates against outgoing anchors; ``None`` checks only
             binding, key usage, validity and key size (for operators' debugging commands).
         :returns: the sealed message, the recipients it is for and those rejected with reasons.
-        :raises MessageFormatError: the message is malformed or exceeds the limits.
+        :raises MessageFormatError: the message is malformed or exceeds the limits, counting what sealing adds
+            (:attr:`sealing_limits`; the sealed message's size against ``max_message_bytes``), so that what is
+            sealed opens at a HISP with the same limits.
         :raises AddressError: From is missing or not one valid address.
         :raises PolicyViolation: no credential can sign for From; the message has a Bcc header (AS-13).
         :raises TrustError: no recipient has a usable certificate (reason ``"no valid recipient"``;
@@ -285,7 +309,19 @@ class SecurityAgent:
             )
         # The line endings found and the entities parsed here spare wrap() counting and parsing them again.
         memo: dict[tuple[int, int], mime._Parsed] = {}
-        _, line_endings = mime._check_structure(message, self.limits, need_cr=True, memo=memo)
+        try:
+            _, line_endings = mime._check_structure(message, self.sealing_limits, need_cr=True, memo=memo)
+        except MessageFormatError as exc:
+            if self.sealing_limits == self.limits:
+                raise
+            try:  # within the limits, but not once sealed: say so
+                mime.check_structure(message, self.limits)
+            except MessageFormatError:
+                raise exc from None
+            raise MessageFormatError(
+                f"{exc.message}, counting what sealing adds ({SEALING_PARTS} entities, {SEALING_DEPTH} levels of "
+                "nesting): a HISP with the same limits could not open it"
+            ) from None
         # Only the header fields are needed: check_structure has parsed the top entity within the limits.
         top = memo.get((0, len(message)))
         headers = top.headers if top is not None else mime._parse_header_fields(message, self.limits)
@@ -346,6 +382,11 @@ class SecurityAgent:
         sealed = mime.build_enveloped_message(
             outer_headers, envelope, authenticated=self.policy.cipher.authenticated
         )
+        if len(sealed) > self.limits.max_message_bytes:
+            raise MessageFormatError(
+                f"the sealed message would be {len(sealed)} bytes, over the limit of {self.limits.max_message_bytes}: "
+                "a HISP with the same limits could not open it"
+            )
         return OutgoingResult(
             message=sealed,
             recipients=tuple(accepted),
