@@ -896,31 +896,41 @@ class Pipeline:
         status = status if status.startswith("5.") else "5.0.0"
         try:
             if job.direction is Direction.INCOMING:
-                await self._undeliverable(job, reason, state, raw, target, now)
+                told = await self._undeliverable(job, reason, state, raw, target, now)
             else:
-                await self._unsendable(job, reason, status, state, raw, target, now)
+                told = await self._unsendable(job, reason, status, state, raw, target, now)
         except HispError as exc:  # the bounce stands; the notice is what is lost, and the log says so
             _log.error("no notification for %s of %s: %s", job.address, job.message_id, exc.message)
+            return
+        if state is RecipientState.BOUNCED:  # the DSN bounce() recorded as owed: how the sender was told
+            try:
+                await self._run(self.queue.settle_owed_dsn, job, self.clock(), detail=told)
+            except StorageError as exc:  # the notice went out; only its record stays "pending"
+                _log.error("cannot record the notice for %s of %s: %s", job.address, job.message_id, exc.message)
 
     async def _undeliverable(
         self, job: Job, reason: str, state: RecipientState, raw: bytes, target: str, now: datetime
-    ) -> None:
+    ) -> str | None:
         """A received message that could not reach its edge: a failed MDN when the sender asked for
         final-delivery notification, else a DSN 5.5.0 to the sender; nothing for a notification.
+
+        :returns: how the sender was told, one line; None when nothing was owed.
 
         Spec: DN-5; AS-19; requirements section 8.4 (5.5.0, Direct-secured when it goes to a partner).
         """
         if await self._run_light(len(raw), is_notification, _without_trust_header(raw)):
-            return
+            return None
         if self.notices.send_mdn and await self._run_light(len(raw), wants_final_delivery, raw):
             await self._send_mdns(raw, job.address, Disposition.FAILED, failure=reason[:400] or "not delivered")
-            return
+            return "a failed MDN instead, as the sender asked (DN-5)"
         if state is RecipientState.BOUNCED:
-            await self._send_dsn(job, reason, "5.5.0", _without_trust_header(raw), target, now)
+            queued = await self._send_dsn(job, reason, "5.5.0", _without_trust_header(raw), target, now)
+            return f"DSN queued as {queued}"
+        return None
 
     async def _unsendable(
         self, job: Job, reason: str, status: str, state: RecipientState, raw: bytes, target: str, now: datetime
-    ) -> None:
+    ) -> str | None:
         """An outgoing message that cannot reach one recipient: the tracked failure, and one DSN to the edge
         unless that recipient already had its terminal notice (DN-8); untracked messages get their DSN as
         before.
@@ -928,7 +938,7 @@ class Pipeline:
         Spec: DN-6, DN-8, AS-22.
         """
         if not job.mail_from or await self._run_light(len(raw), _is_report, raw):
-            return
+            return None
         if self.tracking is not None:
             item = self._dsn_outbound(job, reason, status, raw, target, now)
 
@@ -954,11 +964,13 @@ class Pipeline:
                         )
                     self._tell("dsn", f"to {job.mail_from}: {job.address} {status} ({item.envelope.message_id})")
                     self.wake()
-                else:
-                    self._tell("dsn", f"none for {job.address}: its terminal notice was already given (DN-8)")
-                return
+                    return f"DSN {item.envelope.message_id} queued"
+                self._tell("dsn", f"none for {job.address}: its terminal notice was already given (DN-8)")
+                return "no DSN: the sender already had its one terminal notice for this recipient (DN-8)"
         if state is RecipientState.BOUNCED:
-            await self._send_dsn(job, reason, status, raw, target, now)
+            queued = await self._send_dsn(job, reason, status, raw, target, now)
+            return f"DSN queued as {queued}"
+        return None
 
     def _dsn_outbound(
         self, job: Job, reason: str, status: str, raw: bytes, remote: str, now: datetime
@@ -981,8 +993,11 @@ class Pipeline:
             AuditRecord(reason=f"DSN for {job.message_id} to {sender}: {status} {reason}"[:500]),
         )
 
-    async def _send_dsn(self, job: Job, reason: str, status: str, raw: bytes, remote: str, now: datetime) -> None:
-        """Queue the DSN owed to the sender (see :meth:`_dsn_outbound`) and record that it was sent."""
+    async def _send_dsn(self, job: Job, reason: str, status: str, raw: bytes, remote: str, now: datetime) -> str:
+        """Queue the DSN owed to the sender (see :meth:`_dsn_outbound`) and record that it was sent.
+
+        :returns: the DSN's queue id.
+        """
         item = self._dsn_outbound(job, reason, status, raw, remote, now)
         stored = await self._run(self.store.enqueue, item.envelope, item.raw, now=now, node=self.node, audit=item.audit)
         await self._run(
@@ -993,6 +1008,7 @@ class Pipeline:
         )
         self._tell("dsn", f"to {job.mail_from}: {job.address} {status} ({item.envelope.message_id})")
         self.wake()
+        return stored.id
 
     # -- timely and reliable: the timeout scan --------------------------------------------------------------
 

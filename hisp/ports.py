@@ -507,6 +507,15 @@ class Queue(Protocol):
         """
         ...
 
+    def settle_owed_dsn(self, job: Job, now: datetime, *, detail: str | None) -> None:
+        """What became of the DSN :meth:`bounce` recorded as owed for ``job``: ``detail`` says how the sender was
+        told (``"DSN <id> queued"``, a failed MDN instead, DN-8's one notice already given) and the notification
+        is marked sent; ``None`` means none was owed after all (a notice about a notice, AS-19) and it is removed.
+
+        :raises StorageError: the database failed.
+        """
+        ...
+
 
 @runtime_checkable
 class AuditLog(Protocol):

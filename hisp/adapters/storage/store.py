@@ -67,6 +67,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     exists,
     false,
     insert,
@@ -1277,6 +1278,32 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             query = query.where(NotificationRow.status == status.value)
         with self._tx("list notifications", reads_only=True) as session:
             return [_notification(row) for row in session.scalars(query)]
+
+    def settle_owed_dsn(self, job: Job, now: datetime, *, detail: str | None) -> None:
+        """See :meth:`hisp.ports.Queue.settle_owed_dsn`: the pending DSN row of ``job``'s recipient marked ``sent``
+        with ``detail`` (at most 500 characters), or removed when ``detail`` is None. Nothing happens when there is
+        no pending row (a ``failed`` recipient, or settled already).
+
+        :raises StorageError: a naive ``now``, or the database failed.
+
+        Spec: RFC 3464 (the DSN owed to the sender); DN-8 (one terminal notice); AS-19.
+        """
+        _aware(now)
+        owed = (
+            (NotificationRow.message_id == job.message_id)
+            & (NotificationRow.recipient_id == job.recipient_id)
+            & (NotificationRow.kind == NotificationKind.DSN.value)
+            & (NotificationRow.status == NotificationStatus.PENDING.value)
+        )
+        with self._core("settle owed DSN") as connection:
+            if detail is None:
+                connection.execute(delete(NotificationRow).where(owed))
+            else:
+                connection.execute(
+                    update(NotificationRow)
+                    .where(owed)
+                    .values(status=NotificationStatus.SENT.value, detail=detail[:500], updated_at=now)
+                )
 
     def set_notification_status(self, notification_id: int, status: NotificationStatus, now: datetime) -> None:
         """Mark a pending notification sent or failed.
