@@ -188,9 +188,9 @@ def config_group() -> None:
 
 
 @config_group.command("check")
-@click.argument("path", metavar="[FILE]", required=False, type=click.Path(dir_okay=False))
+@click.argument("path", metavar="[FILE]", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option(
-    "-c", "--config", "config_path", metavar="FILE", default=None, type=click.Path(dir_okay=False),
+    "-c", "--config", "config_path", metavar="FILE", default=None, type=click.Path(exists=True, dir_okay=False),
     help="The configuration file (as for the other commands); or give FILE as the argument.",
 )
 @fail_cleanly
@@ -198,7 +198,8 @@ def config_check(path: str | None, config_path: str | None) -> None:
     """Validate FILE and print a summary: every setting and value, certificates and their private keys or
     PKCS#12 passphrases, trust anchor files and TLS files. Nothing is fetched or started.
 
-    Exit status: 0 valid (warnings on stderr), 1 invalid (one line on stderr), 2 usage.
+    Exit status: 0 valid (warnings on stderr), 1 invalid (one line on stderr), 2 usage (a FILE that does not
+    exist, as for every command's file arguments).
     """
     if path is not None and config_path is not None and path != config_path:
         raise click.UsageError("give the configuration file once: as FILE or with -c/--config")

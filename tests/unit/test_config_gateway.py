@@ -242,6 +242,8 @@ def test_config_check_usage_errors_and_help(tmp_path: Path) -> None:
     path, other = tmp_path / "hisp.toml", tmp_path / "other.toml"
     none = CliRunner().invoke(main, ["config", "check"])
     assert none.exit_code == 2 and "-c/--config FILE" in none.stderr
+    path.write_text("")
+    other.write_text("")  # both exist: the error is about giving two, not about a missing file
     two = CliRunner().invoke(main, ["config", "check", str(path), "-c", str(other)])
     assert two.exit_code == 2 and "once" in two.stderr
     text = CliRunner().invoke(main, ["config", "check", "--help"]).output
@@ -285,3 +287,11 @@ def test_config_check_shows_each_domains_anchors_and_warns_when_a_direction_has_
     assert "has no incoming trust anchor" not in result.stderr
     assert "leaf.pem: CN=x@direct.partner.example is not a CA certificate" in result.stderr
     assert "trust bundle community is fetched over plain http:// without a `signer`" in result.stderr
+
+
+def test_config_check_of_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    """A missing FILE is a usage error (exit 2), as a missing --anchor or -i file is for the other commands."""
+    for args in ([str(tmp_path / "nowhere.toml")], ["-c", str(tmp_path / "nowhere.toml")]):
+        result = CliRunner().invoke(main, ["config", "check", *args])
+        assert result.exit_code == 2, result.output
+        assert "nowhere.toml" in result.output and "does not exist" in result.output
