@@ -1079,8 +1079,10 @@ class Pipeline:
 
     def _sending_times(self, queue_id: str) -> dict[str, datetime | None]:
         """When each recipient of an outgoing message left our queue, for the timeout (DN-9: it counts from the
-        send): ``None`` while the queue still holds it (queued or in flight), the time it was relayed (or handed to
-        a hosted mailbox) once it was; recipients bounced or no longer known are left out (due at the deadline).
+        send): ``None`` while the queue still holds it (queued or in flight); once it left, the time it did:
+        relayed or handed to a hosted mailbox, or bounced (then the bounce's own DSN marks the track failed, and
+        the timeout must not race it with a false "no processed MDN"; it stays as a backstop, a timeout after
+        the bounce). Recipients no longer known are left out (due at the deadline).
 
         :raises StorageError: never; an unreadable message gives ``{}``.
         """
@@ -1094,7 +1096,7 @@ class Pipeline:
             key = recipient.address.strip().lower()
             if recipient.state in (RecipientState.QUEUED, RecipientState.IN_FLIGHT):
                 sent[key] = None
-            elif recipient.state is RecipientState.DELIVERED:
+            else:  # delivered (relayed), bounced or failed: when it left the queue
                 sent[key] = recipient.updated_at
         return sent
 
