@@ -445,22 +445,9 @@ _Tlv = tuple[int, int, int, int]  # tag, header start, content start, content en
 
 
 def _read_tlv(buf: memoryview, pos: int, limit: int) -> _Tlv:
-    if pos + 2 > limit:
-        raise _NotPlainDer
-    tag = buf[pos]
-    if tag & 0x1F == 0x1F:
-        raise _NotPlainDer
-    first = buf[pos + 1]
-    if first < 0x80:
-        length, start = first, pos + 2
-    elif first == 0x80 or first - 0x80 > 8 or pos + 2 + first - 0x80 > limit:
-        raise _NotPlainDer
-    else:
-        count = first - 0x80
-        length, start = int.from_bytes(buf[pos + 2 : pos + 2 + count], "big"), pos + 2 + count
-    if start + length > limit:
-        raise _NotPlainDer
-    return tag, pos, start, start + length
+    """:func:`_der_tlv` with the header start kept: (tag, header start, content start, content end)."""
+    tag, start, end = _der_tlv(buf, pos, limit)
+    return tag, pos, start, end
 
 
 def _children(buf: memoryview, parent: _Tlv) -> list[_Tlv]:
@@ -555,7 +542,7 @@ def _lift_content(data: bytes, expected: tuple[str, ...]) -> tuple[bytes, memory
 _FAST_MAX_CHILDREN = 64
 
 
-def _der_tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+def _der_tlv(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int, int]:
     """(tag, content start, content end) of the strict-DER element at ``buf[pos:end]``.
 
     :raises _NotPlainDer: high tag number, indefinite or non-minimal length, or a length past ``end``.
