@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -315,8 +316,35 @@ def _login_text(login: bytes) -> str:
     return shown + ("..." if len(name) > _LOGIN_LOG_CHARS else "")
 
 
+#: A MAIL FROM / RCPT TO path of the usual form, ``<local@domain>`` with a dot-atom local part and a host name,
+#: optionally followed by parameters after spaces: what :meth:`_HispSMTP._getaddr` answers without aiosmtpd's RFC
+#: 5322 parser. Anything else (quoted local parts, address literals, comments, source routes, leading space, a
+#: trailing dot) goes to that parser.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:\Z| +([^ (\"\\\t\r\n][^(\"\\\t\r\n]*)?\Z)"
+)
+
+
 class _HispSMTP(SMTP):
     """aiosmtpd's SMTP with our replies, asynchronous AUTH with a failure delay, and a connection limit."""
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's ``_getaddr`` (the address of a MAIL FROM or RCPT TO argument and what follows it), answered
+        directly for a path of the usual form (:data:`_PLAIN_PATH`): the same result, without the RFC 5322 parser
+        that costs ~40-80 us a call (`tests/unit/test_smtp_path.py` compares the two on generated arguments).
+
+        :returns: ``(address, rest)``, or ``(None, None)`` when the argument cannot be parsed or the local part
+            is over ``local_part_limit``.
+        Spec: RFC 5321 section 4.1.2 (Path, Mailbox).
+        """
+        match = _PLAIN_PATH.match(arg)
+        if match is None:
+            return super()._getaddr(arg)
+        address = match.group(1)
+        if self.local_part_limit and address.rindex("@") > self.local_part_limit:
+            return None, None
+        return address, match.group(2) or ""
 
     def __init__(self, listener: SmtpListener, handler: _Handler, **options: Any) -> None:
         super().__init__(handler, **options)
