@@ -335,12 +335,16 @@ class _HispSMTP(SMTP):
         that costs ~40-80 us a call (`tests/unit/test_smtp_path.py` compares the two on generated arguments).
 
         :returns: ``(address, rest)``, or ``(None, None)`` when the argument cannot be parsed or the local part
-            is over ``local_part_limit``.
+            is over ``local_part_limit`` (aiosmtpd then answers 501 or 553; the stdlib parser's IndexError on an
+            argument such as ``<`` is such a case here, where aiosmtpd alone would answer "500 Error: (IndexError)").
         Spec: RFC 5321 section 4.1.2 (Path, Mailbox).
         """
         match = _PLAIN_PATH.match(arg)
         if match is None:
-            return super()._getaddr(arg)
+            try:
+                return super()._getaddr(arg)
+            except IndexError:  # the stdlib parser's on a lone "<" ("MAIL FROM:<"): a syntax error, not a 500
+                return None, None
         address = match.group(1)
         if self.local_part_limit and address.rindex("@") > self.local_part_limit:
             return None, None

@@ -501,3 +501,24 @@ def test_reuse_port_lets_two_listeners_share_one_port_and_both_answer() -> None:
 
     first, second = run(scenario())
     assert first >= 1 and second >= 1
+
+
+def test_malformed_paths_are_syntax_errors_and_usual_ones_accepted() -> None:
+    # RFC 5321 section 4.1.2: a Path is "<" Mailbox ">"; a lone "<" is a malformed address, 553 5.1.3 (aiosmtpd's
+    # stdlib parser alone would crash on it and answer "500 Error: (IndexError) ...")
+    async def scenario() -> list[tuple[int, str]]:
+        async with SmtpListener(backbone(), Recorder(), is_hosted=hosted) as listener:
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=listener.port, timeout=5)
+            await client.connect()
+            replies = []
+            for arg in (b"FROM:<", b"FROM:<peer@direct.other.example> SIZE=99"):
+                reply = await client.execute_command(b"MAIL", arg)
+                replies.append((reply.code, reply.message))
+            reply = await client.execute_command(b"RCPT", f"TO:<{HOSTED}>".encode())
+            replies.append((reply.code, reply.message))
+            client.close()
+        return replies
+
+    replies = run(scenario())
+    assert [code for code, _ in replies] == [553, 250, 250], replies
+    assert replies[0][1].startswith("5.1.3")

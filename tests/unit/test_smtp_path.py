@@ -24,7 +24,7 @@ def _server(local_part_limit: int = 0) -> _HispSMTP:
 def _answer(method: object, server: _HispSMTP, arg: str) -> object:
     try:
         return method(server, arg)  # type: ignore[operator]
-    except Exception as exc:  # the stdlib parser raises IndexError on a lone "<": the same for both, then
+    except Exception as exc:  # the stdlib parser raises IndexError on a lone "<"
         return type(exc)
 
 
@@ -53,7 +53,10 @@ PIECES = [
 @example("<a@b>\tSIZE=1")
 def test_the_shortcut_answers_what_aiosmtpd_answers(arg: str) -> None:
     ours, theirs = _both(arg)
-    assert ours == theirs
+    if theirs is IndexError:  # the stdlib parser's crash on a lone "<": ours is a syntax error (501)
+        assert ours == (None, None)
+    else:
+        assert ours == theirs
 
 
 @pytest.mark.parametrize("limit", [0, 3, 8, 64])
