@@ -120,6 +120,9 @@ _STATUS = re.compile(r"\b(5\.\d{1,3}\.\d{1,3})\b")
 #: executor: reading a notice walks the whole MIME tree (7 ms at 1.4 MB).
 INLINE_MAX = 64 * 1024
 
+#: Recipients one worker claims at most at a time (:meth:`Pipeline.run_once`).
+CLAIM_LIMIT = 16
+
 #: The header added to every plain message delivered to an edge system: the Direct trust verdict.
 TRUST_HEADER = "X-Direct-Trust"
 
@@ -630,8 +633,11 @@ class Pipeline:
             except Exception:
                 _log.exception("worker failed")
                 done = 0
-            if done or self._wakes != wakes or stop.is_set():
-                continue  # work done, or enqueued since the claim began (its wake may have found nobody idle)
+            if done >= CLAIM_LIMIT or self._wakes != wakes or stop.is_set():
+                # a full claim (more may be due), or work enqueued since the claim began (its wake may have found
+                # nobody idle): claim again. A claim that took less than its limit took everything due then, and
+                # whatever was enqueued since came with a wake: no empty claim (a write transaction) to learn that.
+                continue
             waiter: asyncio.Future[None] = loop.create_future()
             self._idle.append(waiter)
             try:
@@ -642,7 +648,7 @@ class Pipeline:
                 with contextlib.suppress(ValueError):
                     self._idle.remove(waiter)
 
-    async def run_once(self, limit: int = 16) -> int:
+    async def run_once(self, limit: int = CLAIM_LIMIT) -> int:
         """Claim due work once and do it.
 
         :param limit: recipients claimed at most.

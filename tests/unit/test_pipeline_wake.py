@@ -1,6 +1,8 @@
-"""Pipeline.wake wakes one idle worker, not all of them; a wake during a claim is not lost; stop ends them all.
+"""Pipeline.wake wakes one idle worker, not all of them; a wake during a claim is not lost; stop ends them all; a
+worker whose claim took less than its limit sleeps without an empty claim, one whose claim was full claims again.
 
-The queue is a counting stand-in (its claim finds nothing); the other ports are never reached by idle workers.
+The queue is a counting stand-in (its claim finds nothing, or the batches it was given); the other ports are never
+reached by idle workers, and a worker with jobs fails them at the store (their leases would bring them back).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from hisp.pipeline import Pipeline
+from hisp.errors import StorageError
+from hisp.pipeline import CLAIM_LIMIT, Pipeline
+from hisp.ports import Direction, Job
 
 POLL = 60.0  # so long that any claim seen within a test came from a wake, not from the poll
 
@@ -29,11 +33,38 @@ class CountingQueue:
         return []
 
 
-def _pipeline(queue: CountingQueue) -> Pipeline:
+class FeedingQueue(CountingQueue):
+    """Hands out the given batches of jobs, one per claim, then nothing."""
+
+    def __init__(self, *batches: int) -> None:
+        super().__init__()
+        self.batches = list(batches)
+
+    def claim(self, node: str, now: datetime, lease_seconds: float, limit: int) -> list[Any]:
+        self.claims += 1
+        count = min(self.batches.pop(0), limit) if self.batches else 0
+        return [_job(self.claims * 100 + i) for i in range(count)]
+
+
+class FailingStore:
+    def raw(self, message_id: str) -> bytes:
+        raise StorageError(f"no message {message_id} (stand-in)")
+
+
+def _job(recipient_id: int) -> Job:
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    return Job(
+        recipient_id=recipient_id, message_id=f"m{recipient_id}", address=f"r{recipient_id}@hospital.example",
+        direction=Direction.OUTGOING, mail_from="a@clinic.example", received_at=at, attempt=1, node="n1",
+        claim_token="t", lease_until=at,
+    )  # fmt: skip
+
+
+def _pipeline(queue: CountingQueue, store: Any = None) -> Pipeline:
     unused: Any = object()
     return Pipeline(
-        store=unused, queue=queue, audit=unused, agent=unused, hosting=unused, certificates=unused, relay=unused,
-        edge=unused, node="n1", clock=lambda: datetime(2026, 11, 30, tzinfo=UTC),
+        store=store or unused, queue=queue, audit=unused, agent=unused, hosting=unused, certificates=unused,
+        relay=unused, edge=unused, node="n1", clock=lambda: datetime(2026, 11, 30, tzinfo=UTC),
     )  # fmt: skip
 
 
@@ -85,3 +116,26 @@ def test_a_wake_during_a_claim_makes_the_worker_claim_again() -> None:
         return claims
 
     assert asyncio.run(scenario()) == 2
+
+
+def _claims_after(queue: FeedingQueue, expected: int) -> int:
+    async def scenario() -> int:
+        pipeline = _pipeline(queue, FailingStore())
+        stop = asyncio.Event()
+        workers = asyncio.ensure_future(pipeline.run_workers(stop, workers=1, poll_interval=POLL))
+        await _settle(queue, expected)
+        claims = queue.claims
+        stop.set()
+        await asyncio.wait_for(workers, 5)
+        return claims
+
+    return asyncio.run(scenario())
+
+
+def test_a_claim_under_its_limit_is_not_followed_by_an_empty_one() -> None:
+    # it took everything due; anything enqueued since comes with a wake
+    assert _claims_after(FeedingQueue(3), 1) == 1
+
+
+def test_a_full_claim_is_followed_by_another() -> None:
+    assert _claims_after(FeedingQueue(CLAIM_LIMIT, CLAIM_LIMIT, 2), 3) == 3

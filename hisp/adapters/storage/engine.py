@@ -19,12 +19,13 @@ Spec: DESIGN.md section 3 ("Storage"), issue 5 ("SQLite in WAL mode is the embed
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from hisp.errors import ConfigError
 
@@ -69,8 +70,14 @@ _READ_ONLY = "hisp_read_only"
 
 def _sqlite_begin(connection: Any) -> None:
     # A read-only transaction needs no write lock: deferred, it reads a WAL snapshot and never upgrades.
-    read_only = connection.get_execution_options().get(_READ_ONLY, False)
-    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    # Sent on the driver's connection: a statement through SQLAlchemy costs more Python than the BEGIN itself,
+    # and every transaction has one. Its failure (the lock not had within busy_timeout) is raised as
+    # SQLAlchemy's OperationalError, as a statement's would be.
+    statement = "BEGIN" if connection.get_execution_options().get(_READ_ONLY, False) else "BEGIN IMMEDIATE"
+    try:
+        connection.connection.driver_connection.execute(statement)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
 def read_only(engine: Engine) -> Engine:

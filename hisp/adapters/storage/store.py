@@ -37,6 +37,11 @@ Cost: the per-message operations (enqueue, claim, raw, renew, complete, retry_la
 update_tracking, tracking) run prebuilt SQLAlchemy Core statements on a connection; the ORM serves the rest
 (listings, ``show``). A claim reads the bodies it may (database-kept, at most :data:`PREFETCH_MAX`) in its own
 transaction and hands each to the next :meth:`SqlStore.raw` of that message, still checked against its SHA-256.
+Round trips are few: a claim is ended (or renewed) by one UPDATE whose WHERE checks the claim token, with no
+SELECT before it (only when it matches nothing is the row read, to say why), and its audit event takes the
+Message-ID from the message's row inside its INSERT; an enqueue inserts the rows of all its messages with one
+statement per table; a track is read with its recipients and their histories in one statement after the row
+lock, and only the recipient states a decision changed are written back.
 
 Every queue state change goes through :func:`hisp.adapters.storage.states.check_transition`; tracking states
 change only as the caller's ``decide`` (the tables of :mod:`hisp.core.tracking`) changes them. No method reads a
@@ -156,7 +161,10 @@ _R_ = _RECIPIENTS.c
 _M_ = _MESSAGES.c
 
 _INSERT_MESSAGE = insert(_MESSAGES)
-_INSERT_RECIPIENT = insert(_RECIPIENTS)
+#: Recipients inserted, each returned with its id and its key (message, address: unique), in any order: one
+#: statement for any number of rows (SQLAlchemy's "insertmanyvalues", INSERT ... VALUES (...), (...) RETURNING on
+#: SQLite >= 3.35 and PostgreSQL; asking for the parameters' order would make it one statement per row on SQLite).
+_INSERT_RECIPIENTS = insert(_RECIPIENTS).returning(_R_.id, _R_.message_id, _R_.address)
 _INSERT_ATTEMPTS = insert(_ATTEMPTS)
 _INSERT_NOTIFICATION = insert(_NOTIFICATIONS)
 _INSERT_AUDIT = insert(_AUDIT)
@@ -186,13 +194,13 @@ _DUE = (
     .with_for_update(skip_locked=True, of=_RECIPIENTS)
 )
 
-#: One claimed recipient, locked (FOR UPDATE OF recipients on PostgreSQL), with its message's Message-ID.
+#: One recipient's state and claim: why a claim could not be ended or renewed (see SqlStore._lost).
 _HELD = (
-    select(_R_.state, _R_.claim_token, _R_.claimed_by, _M_.header_message_id)
-    .join(_MESSAGES, _M_.id == _R_.message_id)
+    select(_R_.state, _R_.claim_token, _R_.claimed_by)
     .where(_R_.id == bindparam("recipient_id"))
-    .with_for_update(of=_RECIPIENTS)
 )
+
+_IN_FLIGHT = RecipientState.IN_FLIGHT.value
 
 #: A claim taken: state, attempts, claim and lease of one recipient (executemany).
 _TAKE = (
@@ -208,17 +216,20 @@ _TAKE = (
     )
 )
 
-#: A lease renewed.
+#: A lease renewed, if the claim still holds the recipient (the token matches, in flight): one row, else none.
 _RENEW = (
     update(_RECIPIENTS)
-    .where(_R_.id == bindparam("b_id"))
-    .values(state=bindparam("b_state"), lease_until=bindparam("b_lease_until"), updated_at=bindparam("b_updated_at"))
+    .where(_R_.id == bindparam("b_id"), _R_.claim_token == bindparam("b_token"), _R_.state == _IN_FLIGHT)
+    .values(lease_until=bindparam("b_lease_until"), updated_at=bindparam("b_updated_at"))
 )
 
-#: A claim ended (complete, retry later, bounce): the new state, the claim released.
+#: A claim ended (complete, retry later, bounce), if it still holds the recipient: the new state, the claim
+#: released; one row, else none. Checking the claim in the UPDATE itself (no SELECT ... FOR UPDATE before it) is
+#: the same test under the same row lock: on PostgreSQL an UPDATE waiting for a concurrent reclaim re-checks its
+#: WHERE on the row that reclaim committed, and the token no longer matches.
 _END = (
     update(_RECIPIENTS)
-    .where(_R_.id == bindparam("b_id"))
+    .where(_R_.id == bindparam("b_id"), _R_.claim_token == bindparam("b_token"), _R_.state == _IN_FLIGHT)
     .values(
         state=bindparam("b_state"),
         claimed_by=None,
@@ -228,6 +239,12 @@ _END = (
         last_reply=bindparam("b_last_reply"),
         updated_at=bindparam("b_updated_at"),
     )
+)
+
+#: An audit event about a stored message, its ``header_message_id`` read from the message's row by the INSERT
+#: itself (``b_message_id``, the queue id, names it): no SELECT before it.
+_INSERT_AUDIT_OF_MESSAGE = insert(_AUDIT).values(
+    header_message_id=select(_M_.header_message_id).where(_M_.id == bindparam("b_message_id")).scalar_subquery()
 )
 
 
@@ -241,15 +258,27 @@ _TRACK_BY_KEY = (
     .order_by(_T_.sent_at.desc(), _T_.id.desc())
     .limit(1)
 )
+#: The same, locked for the transaction (``FOR UPDATE`` on PostgreSQL): see SqlStore.update_tracking.
+_TRACK_BY_QUEUE_ID_LOCKED = _TRACK_BY_QUEUE_ID.with_for_update()
+_TRACK_BY_KEY_LOCKED = _TRACK_BY_KEY.with_for_update()
+_TR_ = _TRACKED_RECIPIENTS.c
+_TE_ = _TRACKING_EVENTS.c
+#: A track's recipients (in ``id`` order), each with its history records (in ``id`` order; none: one row of
+#: NULLs): one statement. A record belongs to the recipient whose stored address it carries (every writer copies
+#: it from the recipient's row, see SqlStore._persist and SqlStore._add_track).
 _TRACK_RECIPIENTS = (
-    select(_TRACKED_RECIPIENTS)
-    .where(_TRACKED_RECIPIENTS.c.tracked_id == bindparam("tracked_id"))
-    .order_by(_TRACKED_RECIPIENTS.c.id)
-)
-_TRACK_EVENTS = (
-    select(_TRACKING_EVENTS)
-    .where(_TRACKING_EVENTS.c.tracked_id == bindparam("tracked_id"))
-    .order_by(_TRACKING_EVENTS.c.id)
+    select(
+        _TR_.id, _TR_.key, _TR_.address, _TR_.state,
+        _TE_.id.label("event_id"), _TE_.at, _TE_.event, _TE_.before, _TE_.after, _TE_.action, _TE_.status,
+        _TE_.detail,
+    )
+    .select_from(
+        _TRACKED_RECIPIENTS.outerjoin(
+            _TRACKING_EVENTS, and_(_TE_.tracked_id == _TR_.tracked_id, _TE_.address == _TR_.address)
+        )
+    )
+    .where(_TR_.tracked_id == bindparam("tracked_id"))
+    .order_by(_TR_.id, _TE_.id)
 )
 _TRACK_RECIPIENT_STATE = (
     update(_TRACKED_RECIPIENTS)
@@ -269,14 +298,6 @@ _TRACK_SETTLE = (
         updated_at=bindparam("b_updated_at"),
     )
 )
-
-
-@dataclass(frozen=True)
-class _Held:
-    """A claimed recipient as :meth:`SqlStore._held` read it (locked)."""
-
-    state: RecipientState
-    header_message_id: str | None
 
 
 def _aware(now: datetime, name: str = "now") -> datetime:
@@ -398,12 +419,12 @@ class _Prepared:
 @dataclass(frozen=True)
 class _Loaded:
     """A track as loaded for :meth:`SqlStore.update_tracking`: what ``decide`` gets, its row id, the recipients'
-    row ids and addresses (by key) and each recipient's history as loaded (to find the records ``decide``
-    appended)."""
+    row ids, addresses and states (by key) and each recipient's history as loaded (to find the records ``decide``
+    appended and the states it changed)."""
 
     tracked: TrackedMessage
     tracked_id: int
-    rows: dict[str, tuple[int, str]]
+    rows: dict[str, tuple[int, str, State]]
     history: dict[str, list[Record]]
 
 
@@ -606,9 +627,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
                 for item in also
             ]
             with self._core("enqueue", commit) as connection:
-                ids = self._add(connection, main)
-                for prepared in others:
-                    self._add(connection, prepared)
+                ids = self._add(connection, [main, *others])
                 if track is not None:
                     self._add_track(
                         connection, track, queue_id=main.message["id"], sender=envelope.mail_from, now=now
@@ -706,19 +725,19 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         return _Prepared(message, recipients, accept)
 
     @staticmethod
-    def _add(connection: Connection, prepared: _Prepared) -> list[int]:
-        """Insert one prepared message, its recipients and its ``accept`` event in an open transaction.
+    def _add(connection: Connection, prepared: Sequence[_Prepared]) -> list[int]:
+        """Insert prepared messages, their recipients and their ``accept`` events in an open transaction: one
+        statement per table for all of them.
 
-        :returns: the recipients' ids, in the order of ``prepared.recipients``.
+        :returns: the ids of the first message's recipients, in the order of its ``recipients``.
         """
-        connection.execute(_INSERT_MESSAGE, prepared.message)
-        ids = []
-        for recipient in prepared.recipients:  # one by one: each id is needed (usually there is one)
-            key = connection.execute(_INSERT_RECIPIENT, recipient).inserted_primary_key
-            assert key is not None
-            ids.append(int(key[0]))
-        connection.execute(_INSERT_AUDIT, prepared.accept)
-        return ids
+        if not prepared:
+            return []
+        connection.execute(_INSERT_MESSAGE, [p.message for p in prepared])
+        rows = connection.execute(_INSERT_RECIPIENTS, [r for p in prepared for r in p.recipients])
+        ids = {(row.message_id, row.address): int(row.id) for row in rows}
+        connection.execute(_INSERT_AUDIT, [p.accept for p in prepared])
+        return [ids[(r["message_id"], r["address"])] for r in prepared[0].recipients]
 
     def _discard(self, spooled: Sequence[str], commit: _Commit) -> None:
         """Remove the spool files of a failed transaction, unless it may have committed.
@@ -994,25 +1013,37 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         return jobs
 
     @staticmethod
-    def _held(connection: Connection, job: Job) -> _Held:
-        """The job's recipient, locked, if the job's claim still holds it."""
+    def _lost(connection: Connection, job: Job, new: RecipientState) -> StorageError:
+        """Why ``job``'s claim could not be ended or renewed (its UPDATE matched no row): the error to raise.
+
+        The claim token is set exactly while a recipient is in flight (:data:`_TAKE` sets both, :data:`_END`
+        clears both), so a matching token on a recipient in another state is a refused transition.
+        """
         row = connection.execute(_HELD, {"recipient_id": job.recipient_id}).first()
         if row is None:
-            raise StorageError(f"no recipient {job.recipient_id}", recipient_id=job.recipient_id)
+            return StorageError(f"no recipient {job.recipient_id}", recipient_id=job.recipient_id)
         if row.claim_token != job.claim_token:
-            raise StorageError(
+            return StorageError(
                 f"claim on {job.address} of {job.message_id} was lost (state {row.state}, held by {row.claimed_by})",
                 recipient_id=job.recipient_id,
                 state=row.state,
                 claimed_by=row.claimed_by,
             )
-        return _Held(RecipientState(row.state), row.header_message_id)
+        state = RecipientState(row.state)
+        try:
+            check_transition(state, new)
+        except StorageError as exc:
+            return exc
+        return StorageError(
+            f"claim on {job.address} of {job.message_id}: the recipient is {state.value}, not in flight",
+            recipient_id=job.recipient_id,
+            state=row.state,
+        )
 
-    @staticmethod
     def _end(
+        self,
         connection: Connection,
         job: Job,
-        held: _Held,
         new: RecipientState,
         now: datetime,
         *,
@@ -1020,19 +1051,25 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         reply: str,
         next_at: datetime | None = None,
     ) -> None:
-        """End a held claim: the recipient moves to ``new`` (after :func:`check_transition`), the claim is
-        released, and the attempt is recorded."""
-        check_transition(held.state, new)
-        connection.execute(
+        """End the claim of ``job`` if it still holds its recipient: the recipient moves from ``in_flight`` to
+        ``new`` (after :func:`check_transition`), the claim is released, and the attempt is recorded.
+
+        :raises StorageError: the claim was lost (or the recipient is gone); nothing was changed.
+        """
+        check_transition(RecipientState.IN_FLIGHT, new)
+        ended = connection.execute(
             _END,
             {
                 "b_id": job.recipient_id,
+                "b_token": job.claim_token,
                 "b_state": new.value,
                 "b_next_attempt_at": next_at,
                 "b_last_reply": reply,
                 "b_updated_at": now,
             },
         )
+        if ended.rowcount != 1:
+            raise self._lost(connection, job, new)
         connection.execute(
             _INSERT_ATTEMPTS,
             {
@@ -1048,6 +1085,19 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             },
         )
 
+    @staticmethod
+    def _audit_job(
+        connection: Connection, kind: AuditKind, job: Job, now: datetime, record: AuditRecord
+    ) -> None:
+        """Append the audit event of an ended claim (``header_message_id`` read from the message's row)."""
+        values = _audit_row(
+            kind, now, node=job.node, message_id=job.message_id, header_message_id=None,
+            record=record, mail_from=job.mail_from, recipients=(job.address,),
+        )
+        del values["header_message_id"]
+        values["b_message_id"] = job.message_id
+        connection.execute(_INSERT_AUDIT_OF_MESSAGE, values)
+
     def renew(self, job: Job, now: datetime, lease_seconds: float) -> Job:
         """Extend the lease of a claim still held, to ``now + lease_seconds``.
 
@@ -1061,18 +1111,19 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
             raise StorageError("lease_seconds out of range", lease_seconds=lease_seconds)
         lease_until = now + timedelta(seconds=lease_seconds)
+        check_transition(RecipientState.IN_FLIGHT, RecipientState.IN_FLIGHT)
         with self._core("renew") as connection:
-            held = self._held(connection, job)
-            check_transition(held.state, RecipientState.IN_FLIGHT)
-            connection.execute(
+            renewed = connection.execute(
                 _RENEW,
                 {
                     "b_id": job.recipient_id,
-                    "b_state": RecipientState.IN_FLIGHT.value,
+                    "b_token": job.claim_token,
                     "b_lease_until": lease_until,
                     "b_updated_at": now,
                 },
             )
+            if renewed.rowcount != 1:
+                raise self._lost(connection, job, RecipientState.IN_FLIGHT)
         return replace(job, lease_until=lease_until)
 
     def complete(self, job: Job, now: datetime, *, target: str, reply: str, audit: AuditRecord | None = None) -> None:
@@ -1092,16 +1143,8 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         _aware(now)
         kind = AuditKind.RELAY if job.direction is Direction.OUTGOING else AuditKind.DELIVER
         with self._core("complete") as connection:
-            held = self._held(connection, job)
-            self._end(connection, job, held, RecipientState.DELIVERED, now, target=target, reply=reply)
-            record = audit or AuditRecord(reason=reply)
-            connection.execute(
-                _INSERT_AUDIT,
-                _audit_row(
-                    kind, now, node=job.node, message_id=job.message_id, header_message_id=held.header_message_id,
-                    record=record, mail_from=job.mail_from, recipients=(job.address,),
-                ),
-            )
+            self._end(connection, job, RecipientState.DELIVERED, now, target=target, reply=reply)
+            self._audit_job(connection, kind, job, now, audit or AuditRecord(reason=reply))
 
     def retry_later(self, job: Job, now: datetime, next_at: datetime, *, target: str, reply: str) -> None:
         """A transient failure: the recipient is ``queued`` again, due at ``next_at``.
@@ -1122,8 +1165,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         if next_at < now:
             raise StorageError("next_at is before now", now=now.isoformat(), next_at=next_at.isoformat())
         with self._core("retry later") as connection:
-            held = self._held(connection, job)
-            self._end(connection, job, held, RecipientState.QUEUED, now, target=target, reply=reply, next_at=next_at)
+            self._end(connection, job, RecipientState.QUEUED, now, target=target, reply=reply, next_at=next_at)
 
     def bounce(
         self, job: Job, now: datetime, reason: str, *, target: str = "", reply: str = "",
@@ -1149,8 +1191,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         _aware(now)
         final = RecipientState.BOUNCED if job.mail_from else RecipientState.FAILED
         with self._core("bounce") as connection:
-            held = self._held(connection, job)
-            self._end(connection, job, held, final, now, target=target, reply=reply or reason)
+            self._end(connection, job, final, now, target=target, reply=reply or reason)
             if final is RecipientState.BOUNCED:
                 connection.execute(
                     _INSERT_NOTIFICATION,
@@ -1171,14 +1212,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
                     mail_from=record.mail_from, recipients=record.recipients, fingerprints=record.fingerprints,
                     verdict=record.verdict, reason=reason, remote=record.remote,
                 )
-            connection.execute(
-                _INSERT_AUDIT,
-                _audit_row(
-                    AuditKind.BOUNCE, now, node=job.node, message_id=job.message_id,
-                    header_message_id=held.header_message_id,
-                    record=record, mail_from=job.mail_from, recipients=(job.address,),
-                ),
-            )
+            self._audit_job(connection, AuditKind.BOUNCE, job, now, record)
         return final
 
     # AuditLog ------------------------------------------------------------------------------------------------
@@ -1333,24 +1367,26 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
         """The track row of a queue id, or the newest (``sent_at``, then ``id``) under a Message-ID's correlation
         key; locked for the transaction with ``lock`` (``FOR UPDATE`` on PostgreSQL). None when there is none."""
         if queue_id is not None:
-            query, params = _TRACK_BY_QUEUE_ID, {"queue_id": queue_id}
+            query, params = (_TRACK_BY_QUEUE_ID_LOCKED if lock else _TRACK_BY_QUEUE_ID), {"queue_id": queue_id}
         else:
             assert header_message_id is not None
-            query, params = _TRACK_BY_KEY, {"correlation": correlation_key(header_message_id)}
-        return connection.execute(query.with_for_update() if lock else query, params).first()
+            query = _TRACK_BY_KEY_LOCKED if lock else _TRACK_BY_KEY
+            params = {"correlation": correlation_key(header_message_id)}
+        return connection.execute(query, params).first()
 
     @staticmethod
     def _load(connection: Connection, row: Any) -> _Loaded:
         """The track of ``row`` with its recipients' states and histories (records in ``id`` order)."""
-        recipient_rows: dict[str, tuple[int, str]] = {}
+        recipient_rows: dict[str, tuple[int, str, State]] = {}
         tracks: dict[str, RecipientTrack] = {}
         for r in connection.execute(_TRACK_RECIPIENTS, {"tracked_id": row.id}):
-            recipient_rows[r.key] = (r.id, r.address)
-            tracks[r.key] = RecipientTrack(r.address, State(r.state))
-        for event in connection.execute(_TRACK_EVENTS, {"tracked_id": row.id}):
-            recipient = tracks.get(_key(event.address))
-            if recipient is not None:  # always: events are written for tracked recipients only
-                recipient.history.append(_record(event))
+            recipient = tracks.get(r.key)
+            if recipient is None:
+                state = State(r.state)
+                recipient_rows[r.key] = (r.id, r.address, state)
+                recipient = tracks[r.key] = RecipientTrack(r.address, state)
+            if r.event_id is not None:
+                recipient.history.append(_record(r))
         track = MessageTrack(
             message_id=row.header_message_id,
             sent_at=row.sent_at,
@@ -1384,7 +1420,7 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
             )
         states: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        for key, (recipient_id, address) in loaded.rows.items():
+        for key, (recipient_id, address, state) in loaded.rows.items():
             recipient = track.recipients[key]
             before = loaded.history[key]
             if recipient.history[: len(before)] != before:
@@ -1392,9 +1428,11 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
                     f"tracking of {tracked.queue_id}: the decision rewrote the history of {address}",
                     queue_id=tracked.queue_id,
                 )
-            states.append({"b_id": recipient_id, "b_state": State(recipient.state).value})
+            if State(recipient.state) is not state:  # an unchanged state is not written again
+                states.append({"b_id": recipient_id, "b_state": State(recipient.state).value})
             events.extend(_event_values(loaded.tracked_id, address, recipient.history[len(before) :]))
-        connection.execute(_TRACK_RECIPIENT_STATE, states)
+        if states:
+            connection.execute(_TRACK_RECIPIENT_STATE, states)
         if events:
             connection.execute(_INSERT_TRACKING_EVENTS, events)
         connection.execute(
@@ -1464,11 +1502,13 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
                     failure = exc
                     raise _Rollback from None
                 self._persist(connection, loaded, now)
-                for item in decision.enqueue:
-                    prepared = self._prepare(
-                        item.envelope, item.raw, now=now, node=node, audit=item.audit, spooled=spooled
-                    )
-                    self._add(connection, prepared)
+                self._add(
+                    connection,
+                    [
+                        self._prepare(item.envelope, item.raw, now=now, node=node, audit=item.audit, spooled=spooled)
+                        for item in decision.enqueue
+                    ],
+                )
                 result = decision.result
         except _Rollback:
             pass
