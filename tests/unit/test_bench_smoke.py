@@ -59,8 +59,8 @@ def test_quick_discovery_benchmark_runs_and_prints_its_figures() -> None:
 
 
 def test_quick_gateway_benchmark_runs_and_prints_its_table() -> None:
-    # Two HISP nodes on loopback, a handful of messages each size, each answered by its processed MDN; no timing
-    # is asserted.
+    # Two HISP nodes on loopback (two `hisp serve` processes), a handful of messages each size, each answered by its
+    # processed MDN, then the library reference; no timing is asserted.
     result = subprocess.run(
         [sys.executable, str(GATEWAY_BENCH), "--quick"],
         capture_output=True,
@@ -82,3 +82,12 @@ def test_quick_gateway_benchmark_runs_and_prints_its_table() -> None:
     # 4 private RSA operations per message: sign and decrypt the message, sign and decrypt its MDN
     assert re.search(r"^RSA floor: .* / 4 private ops per message .* = [\d,.]+ msg/s$", out, re.M), out
     assert re.search(r"^\s+(PASS|MISS)\s+10k at >= 0\.5 of the RSA floor", out, re.M), out
+    # by default each node is its own `hisp serve` process, stopped with SIGTERM: both must exit 0
+    assert re.search(r"^\s+after SIGTERM: clinic exited 0, hospital exited 0$", out, re.M), out
+    # the library ceiling, measured in the same run: three SMTP legs with the bare libraries, then the ceiling
+    for leg in ("submission", "relay", "MDN relay"):
+        assert re.search(rf"^\s+{leg}\s+[\d.]+ kB\s+STARTTLS.*\s[\d.]+ ms CPU per transaction", out, re.M), out
+    assert re.search(
+        r"^\s+per message: [\d.]+ ms SMTP \+ [\d.]+ ms for 4 RSA private ops = .* of the RSA floor$", out, re.M
+    ), out
+    assert re.search(r"^\s+library ceiling [\d.]+ of the floor \([\d,.]+ msg/s\): ", out, re.M), out
