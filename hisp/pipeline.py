@@ -118,7 +118,8 @@ _STATUS = re.compile(r"\b(5\.\d{1,3}\.\d{1,3})\b")
 #: Messages up to this many bytes have their header and notification checks (:func:`read_notice`,
 #: :func:`owed_mdns`, :func:`wants_final_delivery`, :func:`_is_report`) run on the event loop: at 10 kB each takes
 #: 0.1-0.3 ms, about what the hand-off to a worker thread costs in CPU, and never blocks. Larger ones go to the
-#: executor: reading a notice walks the whole MIME tree (7 ms at 1.4 MB).
+#: executor: reading a notice walks the whole MIME tree (7 ms at 1.4 MB). (A submission's checks run in the
+#: executor whatever its size, in the same hand-off as its enqueue: see :meth:`Pipeline._store_submission`.)
 INLINE_MAX = 64 * 1024
 
 #: Recipients one worker claims at most at a time (:meth:`Pipeline.run_once`).
