@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from hisp.addresses import mailbox_pairs
 from hisp.core.mime import Entity, MimeLimits, decode_body, parse_entity
 from hisp.errors import HispError
 
@@ -161,7 +162,7 @@ def _address(value: str | None) -> str | None:
     if ";" in text and re.match(r"^\s*[A-Za-z0-9-]+\s*;", text):
         text = text.split(";", 1)[1]
     try:
-        pairs = email.utils.getaddresses([text])
+        pairs = mailbox_pairs([text])  # email.utils.getaddresses, without its parser for the usual forms
     except Exception:  # the stdlib parser has raised on hostile input in some releases
         pairs = []
     for _name, addr in pairs:
@@ -256,7 +257,59 @@ def _split_parts(entity: Entity, defects: list[str]) -> list[Entity]:
         defects.append("multipart without boundary")
         return []
     marker = b"--" + boundary.encode("latin-1", "replace")
-    lines = entity.body.splitlines(keepends=True)
+    if b"\r" in marker or b"\n" in marker:
+        bodies = _part_bodies_by_line(entity.body, marker, defects)  # no line is such a delimiter
+    else:
+        bodies = _part_bodies(entity.body, marker, defects)
+    result = []
+    for body in bodies:
+        # The line ending before the next delimiter belongs to the delimiter (RFC 2046 section 5.1.1).
+        if body.endswith(b"\r\n"):
+            body = body[:-2]
+        elif body.endswith(b"\n"):
+            body = body[:-1]
+        result.append(parse_entity(body, _LIMITS))
+    return result
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _part_bodies(body: bytes, marker: bytes, defects: list[str]) -> list[bytes]:
+    """The bytes between the delimiter lines of a multipart body (each with the line ending before the next
+    delimiter), found by searching for the marker: the same as :func:`_part_bodies_by_line` reading every line.
+
+    A delimiter line starts where a line starts (after CRLF, LF or a lone CR, as ``bytes.splitlines`` cuts) and
+    is the marker, or the marker and ``--`` (the close delimiter), followed by nothing but spaces and tabs.
+    """
+    bodies: list[bytes] = []
+    start: int | None = None  # where the current part's bytes begin
+    at = body.find(marker)
+    while at >= 0:
+        if at == 0 or body[at - 1] in b"\r\n":
+            end = _LINE_END.search(body, at + len(marker))
+            line_end, next_line = (end.start(), end.end()) if end is not None else (len(body), len(body))
+            stripped = body[at:line_end].rstrip(b" \t")
+            if stripped == marker + b"--":
+                if start is not None:
+                    bodies.append(body[start:at])
+                return bodies
+            if stripped == marker:
+                if start is not None:
+                    bodies.append(body[start:at])
+                start = next_line
+                at = body.find(marker, next_line)
+                continue
+        at = body.find(marker, at + 1)
+    if start is not None:
+        bodies.append(body[start:])
+    defects.append("multipart without close delimiter")
+    return bodies
+
+
+def _part_bodies_by_line(body: bytes, marker: bytes, defects: list[str]) -> list[bytes]:
+    """:func:`_part_bodies`, line by line."""
+    lines = body.splitlines(keepends=True)
     parts: list[list[bytes]] = []
     current: list[bytes] | None = None
     closed = False
@@ -278,16 +331,7 @@ def _split_parts(entity: Entity, defects: list[str]) -> list[Entity]:
         parts.append(current)
     if not closed:
         defects.append("multipart without close delimiter")
-    result = []
-    for part in parts:
-        body = b"".join(part)
-        # The line ending before the next delimiter belongs to the delimiter (RFC 2046 section 5.1.1).
-        if body.endswith(b"\r\n"):
-            body = body[:-2]
-        elif body.endswith(b"\n"):
-            body = body[:-1]
-        result.append(parse_entity(body, _LIMITS))
-    return result
+    return [b"".join(part) for part in parts]
 
 
 def _field_blocks(body: bytes, defects: list[str]) -> list[list[tuple[str, str]]]:

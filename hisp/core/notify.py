@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from hisp.addresses import bare_address
 from hisp.core.dsn import NOT_DELIVERABLE, DsnRecipient, build_dsn, parse_dsn
 from hisp.core.mdn import Disposition, build_mdn, is_notification, mdn_recipient, parse_mdn, requests_final_delivery
 from hisp.core.tracking import Action, Event, MessageTrack, Transition, correlation_key, event_for_dsn, event_for_mdn
 
 __all__ = [
+    "HEADER_CACHE_MAX",
     "MAX_NOTICE_EVENTS",
     "NOT_DELIVERABLE",
     "Notice",
@@ -37,6 +40,7 @@ __all__ = [
     "apply_notice",
     "failure_dsn",
     "header_block",
+    "header_fields",
     "header_pairs",
     "new_message_id",
     "owed_mdns",
@@ -64,10 +68,94 @@ def header_block(raw: bytes) -> bytes:
     return head
 
 
+#: Header sections up to this many bytes are read once and their fields remembered (see :func:`header_fields`).
+HEADER_CACHE_MAX = 16 * 1024
+
+
 def header_pairs(raw: bytes) -> tuple[tuple[str, str], ...]:
     """The ``(name, value)`` header fields of ``raw``, unfolded, in order (compat32: never raises on odd bytes)."""
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(header_block(raw), headersonly=True)
-    return tuple((str(name), " ".join(str(value).split())) for name, value in parsed.items())
+    return _section(raw)[1]
+
+
+def header_fields(raw: bytes) -> tuple[tuple[str, str], ...]:
+    """The ``(name, value)`` header fields of ``raw``, in order, values as ``BytesHeaderParser(policy=compat32)``
+    gives them (folding kept; :func:`header_pairs` unfolds them). Never raises on odd bytes.
+
+    One message is looked at several times on its way (its From at submission, the final-delivery request, the
+    MDN's addresses): a header section of at most :data:`HEADER_CACHE_MAX` bytes is read once and its fields
+    remembered for the next look at the same bytes (a pure function of them; bounded, thread-safe). A plain
+    ASCII section is read without the ``email`` parser, to the same fields (tests/property/test_mailbox_pairs.py).
+    """
+    return _section(raw)[0]
+
+
+_Fields = tuple[tuple[str, str], ...]
+
+
+def _section(raw: bytes) -> tuple[_Fields, _Fields]:
+    block = header_block(raw)
+    if type(block) is not bytes:
+        block = bytes(block)  # a bytearray's slice: the remembered key must be immutable
+    if len(block) <= HEADER_CACHE_MAX:
+        return _remembered_section(block)
+    return _read_section(block)
+
+
+def _read_section(block: bytes) -> tuple[_Fields, _Fields]:
+    """``(fields as parsed, fields unfolded)`` of a header section."""
+    fields = _parse_fields(block)
+    return fields, tuple((name, " ".join(value.split())) for name, value in fields)
+
+
+#: The header sections read lately (a pure function of the bytes; thread-safe).
+_remembered_section = functools.lru_cache(maxsize=256)(_read_section)
+
+# A header section the parser reads in the plain way: printable ASCII, tabs and line ends only (no control
+# character the stdlib's line splitting could treat apart).
+_PLAIN_SECTION = re.compile(rb"[\t\r\n\x20-\x7e]*")
+# A field's first line as the parser's header pattern reads it: a non-empty name of printable characters but
+# the colon, then the colon (a "From " line, an empty name or any other line is left to the parser).
+_FIELD_START = re.compile(r"[!-9;-~]+:")
+
+
+def _parse_fields(block: bytes) -> _Fields:
+    """The fields of a header section, as ``BytesHeaderParser(policy=compat32)`` reads them."""
+    plain = _plain_fields(block)
+    if plain is not None:
+        return plain
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(block, headersonly=True)
+    return tuple((str(name), str(value)) for name, value in parsed.items())
+
+
+def _plain_fields(block: bytes) -> _Fields | None:
+    """The fields of a plain header section, read as the compat32 feed parser does (a field's value: the rest of
+    its first line without leading blanks, its continuation lines as they are, trailing line ends removed);
+    ``None`` when the section holds anything else (8-bit or control bytes, a continuation first, a line that is
+    neither a field nor a continuation before the blank line): the parser reads those.
+    """
+    if _PLAIN_SECTION.fullmatch(block) is None:
+        return None
+    fields: list[tuple[str, str]] = []
+    name: str | None = None
+    lines: list[str] = []
+    for line in block.decode("ascii").splitlines(keepends=True):
+        if line[0] in "\r\n":
+            break  # the blank line ends the header section
+        if line[0] in " \t":
+            if name is None:
+                return None
+            lines.append(line)
+            continue
+        start = _FIELD_START.match(line)
+        if start is None:
+            return None
+        if name is not None:
+            fields.append((name, "".join(lines).rstrip("\r\n")))
+        name = line[: start.end() - 1]
+        lines = [line[start.end() :].lstrip(" \t")]
+    if name is not None:
+        fields.append((name, "".join(lines).rstrip("\r\n")))
+    return tuple(fields)
 
 
 def new_message_id(domain: str) -> str:
@@ -260,9 +348,7 @@ def restrict_to_signer(notice: Notice, signer_domain: str) -> Notice:
 def _bare(value: str | None) -> str | None:
     if not value:
         return None
-    from email.utils import parseaddr
-
-    address = parseaddr(value)[1]
+    address = bare_address(value)  # parseaddr(value)[1]
     return address or None
 
 

@@ -29,8 +29,9 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import getaddresses
 
+from hisp.addresses import mailbox_pairs
+from hisp.core.notify import header_fields
 from hisp.errors import (
     ConfigError,
     DeliveryError,
@@ -209,11 +210,15 @@ def header_from_addresses(raw: bytes, *, limit: int = MAX_HEADER_BYTES) -> tuple
 
     Spec: RFC 5322 section 3.6.2 (From), section 2.2 (header fields end at the first empty line).
     """
-    end = raw.find(b"\r\n\r\n", 0, limit)
-    head = raw[:limit] if end == -1 else raw[: end + 2]
-    message = BytesHeaderParser(policy=compat32).parsebytes(head)
-    fields = [str(value) for value in message.get_all("From", [])]
-    return tuple(normalize_mailbox(addr) for _, addr in getaddresses(fields) if addr)
+    if limit == MAX_HEADER_BYTES:
+        # the fields of the same section as the notification rules read (remembered: the pipeline reads it next)
+        fields = [value for name, value in header_fields(raw) if name.lower() == "from"]
+    else:
+        end = raw.find(b"\r\n\r\n", 0, limit)
+        head = raw[:limit] if end == -1 else raw[: end + 2]
+        message = BytesHeaderParser(policy=compat32).parsebytes(head)
+        fields = [str(value) for value in message.get_all("From", [])]
+    return tuple(normalize_mailbox(addr) for _, addr in mailbox_pairs(fields) if addr)
 
 
 def check_routing(
@@ -241,13 +246,13 @@ def check_routing(
         fields.setdefault(name.strip().lower(), []).append(str(value))
     if fields.get("bcc"):
         raise PolicyViolation("AS-13: the protected message has a Bcc field", rule="bcc")
-    senders = {normalize_mailbox(a) for _, a in getaddresses(fields.get("from", []) + fields.get("sender", [])) if a}
+    senders = {normalize_mailbox(a) for _, a in mailbox_pairs(fields.get("from", []) + fields.get("sender", [])) if a}
     sender = normalize_mailbox(mail_from)
     if not (sender == "" and allow_null_sender) and sender not in senders:
         raise PolicyViolation(
             f"AS-13: MAIL FROM {mail_from!r} is not the protected From or Sender", rule="sender", mail_from=mail_from
         )
-    listed = {normalize_mailbox(a) for _, a in getaddresses(fields.get("to", []) + fields.get("cc", [])) if a}
+    listed = {normalize_mailbox(a) for _, a in mailbox_pairs(fields.get("to", []) + fields.get("cc", [])) if a}
     for recipient in recipients:
         if normalize_mailbox(recipient) not in listed:
             raise PolicyViolation(
