@@ -319,7 +319,7 @@ def _login_text(login: bytes) -> str:
 #: A MAIL FROM / RCPT TO path of the usual form, ``<local@domain>`` with a dot-atom local part and a host name,
 #: optionally followed by parameters after spaces: what :meth:`_HispSMTP._getaddr` answers without aiosmtpd's RFC
 #: 5322 parser. Anything else (quoted local parts, address literals, comments, source routes, leading space, a
-#: trailing dot) goes to that parser.
+#: trailing dot, "=?" which may begin an encoded word that parser decodes) goes to that parser.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(
     rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:\Z| +([^ (\"\\\t\r\n][^(\"\\\t\r\n]*)?\Z)"
@@ -339,7 +339,8 @@ class _HispSMTP(SMTP):
             argument such as ``<`` is such a case here, where aiosmtpd alone would answer "500 Error: (IndexError)").
         Spec: RFC 5321 section 4.1.2 (Path, Mailbox).
         """
-        match = _PLAIN_PATH.match(arg)
+        # "=?" may begin an RFC 2047 encoded word, which aiosmtpd's parser decodes: left to it
+        match = _PLAIN_PATH.match(arg) if "=?" not in arg else None
         if match is None:
             try:
                 return super()._getaddr(arg)

@@ -36,6 +36,7 @@ def _both(arg: str, local_part_limit: int = 0) -> tuple[object, object]:
 PIECES = [
     "<", ">", "@", ".", " ", "  ", "\t", "(", ")", '"', "\\", "[", "]", ":", ",", "=", "-", "_", "+", "~",
     "a", "Bob", "dr.smith", "x1", "direct", "example", "SIZE=1234", "BODY=8BITMIME", "é",
+    "?", "=?", "?=", "=?utf-8?q?dr.jones?=", "=?utf-8?b?ZHIuam9uZXM=?=",
 ]
 
 
@@ -51,6 +52,7 @@ PIECES = [
 @example("<>")
 @example(" <a@b>")
 @example("<a@b>\tSIZE=1")
+@example("<=?utf-8?q?dr.jones?=@direct.hospital.example>")  # aiosmtpd decodes the encoded word: so do we
 def test_the_shortcut_answers_what_aiosmtpd_answers(arg: str) -> None:
     ours, theirs = _both(arg)
     if theirs is IndexError:  # the stdlib parser's crash on a lone "<": ours is a syntax error (501)
