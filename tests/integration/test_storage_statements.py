@@ -274,3 +274,43 @@ def test_a_failing_sqlite_begin_is_a_sqlalchemy_error() -> None:
 
     with pytest.raises(OperationalError, match=r"database is locked \(BEGIN IMMEDIATE\)"):
         _sqlite_begin(Connection())
+
+
+_OLD_SQLITE = r'''
+import sqlite3, sqlite3.dbapi2, sys
+from datetime import UTC, datetime
+sqlite3.sqlite_version_info = sqlite3.dbapi2.sqlite_version_info = (3, 34, 1)  # as SQLAlchemy sees Debian 11's
+from sqlalchemy import event
+from hisp.adapters.storage import SqlStore
+from hisp.ports import Direction, Envelope
+store = SqlStore.open("sqlite:///" + sys.argv[1])
+assert store.engine.dialect.insert_returning is False
+sent = []
+event.listen(store.engine, "before_cursor_execute", lambda c, cur, stmt, p, ctx, many: sent.append(stmt))
+now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+for n, recipients in enumerate((("r@h.example",), ("r@h.example", "s@h.example", "r@h.example"))):
+    envelope = Envelope(Direction.OUTGOING, "a@c.example", recipients, f"<m{n}@c>")
+    stored = store.enqueue(envelope, b"A: b\r\n\r\nc\r\n", now=now)
+    print(n, sorted(r.address for r in stored.recipients))
+jobs = store.claim("node", now, 60, 10)
+print("claimed", sorted((job.message_id[:4] != "", job.address) for job in jobs))
+print("returning", sum("RETURNING" in s.upper() for s in sent))
+store.close()
+'''
+
+
+def test_enqueue_on_sqlite_without_returning(tmp_path: Path) -> None:
+    """SQLite before 3.35 (Debian 11, Ubuntu 20.04) has no RETURNING: the recipients are inserted one by one and
+    every one is queued and claimable (found by an adversarial review: the one-statement insert failed there)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _OLD_SQLITE, str(tmp_path / "old.sqlite3")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "0 ['r@h.example']"
+    assert lines[1] == "1 ['r@h.example', 's@h.example']"  # duplicate addresses are stored once
+    assert lines[2] == "claimed [(True, 'r@h.example'), (True, 'r@h.example'), (True, 's@h.example')]"
+    assert lines[3] == "returning 0"

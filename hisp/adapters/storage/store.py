@@ -165,6 +165,9 @@ _INSERT_MESSAGE = insert(_MESSAGES)
 #: statement for any number of rows (SQLAlchemy's "insertmanyvalues", INSERT ... VALUES (...), (...) RETURNING on
 #: SQLite >= 3.35 and PostgreSQL; asking for the parameters' order would make it one statement per row on SQLite).
 _INSERT_RECIPIENTS = insert(_RECIPIENTS).returning(_R_.id, _R_.message_id, _R_.address)
+#: One recipient, its id read from the cursor: for a database without RETURNING (SQLite before 3.35, as on
+#: Debian 11 or Ubuntu 20.04), where _INSERT_RECIPIENTS would fail.
+_INSERT_RECIPIENT = insert(_RECIPIENTS)
 _INSERT_ATTEMPTS = insert(_ATTEMPTS)
 _INSERT_NOTIFICATION = insert(_NOTIFICATIONS)
 _INSERT_AUDIT = insert(_AUDIT)
@@ -727,15 +730,24 @@ class SqlStore(MessageStore, Queue, AuditLog, TrackingStore):
     @staticmethod
     def _add(connection: Connection, prepared: Sequence[_Prepared]) -> list[int]:
         """Insert prepared messages, their recipients and their ``accept`` events in an open transaction: one
-        statement per table for all of them.
+        statement per table for all of them (the recipients one statement each where the database has no
+        RETURNING: SQLite before 3.35).
 
         :returns: the ids of the first message's recipients, in the order of its ``recipients``.
         """
         if not prepared:
             return []
         connection.execute(_INSERT_MESSAGE, [p.message for p in prepared])
-        rows = connection.execute(_INSERT_RECIPIENTS, [r for p in prepared for r in p.recipients])
-        ids = {(row.message_id, row.address): int(row.id) for row in rows}
+        recipients = [r for p in prepared for r in p.recipients]
+        ids: dict[tuple[int, str], int] = {}
+        if connection.dialect.insert_executemany_returning:
+            rows = connection.execute(_INSERT_RECIPIENTS, recipients)
+            ids = {(row.message_id, row.address): int(row.id) for row in rows}
+        else:  # no RETURNING (SQLite before 3.35): one INSERT per recipient, its id from the cursor
+            for values in recipients:
+                key = connection.execute(_INSERT_RECIPIENT, values).inserted_primary_key
+                assert key is not None
+                ids[(values["message_id"], values["address"])] = int(key[0])
         connection.execute(_INSERT_AUDIT, [p.accept for p in prepared])
         return [ids[(r["message_id"], r["address"])] for r in prepared[0].recipients]
 
