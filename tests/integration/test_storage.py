@@ -4,7 +4,6 @@ queue's claim/renew/complete/retry/bounce, reclaim after a lease expires, lost c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 from sqlalchemy import text
 
 from hisp.adapters.storage import SqlStore
-from hisp.adapters.storage.testing import backends, scratch_database
 from hisp.errors import StorageError
 from hisp.ports import (
     AuditKind,
@@ -36,19 +34,6 @@ LEE = "dr.lee@direct.hospital.example"
 def _message(size: int = 200) -> bytes:
     head = b"From: dr.smith@direct.clinic.example\r\nMessage-ID: <m1@clinic>\r\nSubject: referral\r\n\r\n"
     return head + (b"x" * 76 + b"\r\n") * (size // 78 + 1)
-
-
-@pytest.fixture(params=backends())
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with scratch_database(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url: str, tmp_path: Path) -> Iterator[SqlStore]:
-    opened = SqlStore.open(db_url, spool_dir=tmp_path / "spool", inline_max=1024)
-    yield opened
-    opened.close()
 
 
 def _enqueue(store: SqlStore, *recipients: str, size: int = 200, mail_from: str = SENDER, at: datetime = T0) -> str:

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,12 +23,6 @@ from hisp.ports import Direction, Envelope, Job, RecipientState
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 MESSAGES = 40
 PER_MESSAGE = 3
-
-
-@pytest.fixture(params=backends())
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with scratch_database(request.param, tmp_path) as url:
-        yield url
 
 
 def _fill(url: str) -> set[int]:

@@ -22,18 +22,11 @@ import pytest
 from sqlalchemy import event, text
 
 from hisp.adapters.storage import SqlStore
-from hisp.adapters.storage.testing import backends, scratch_database
 from hisp.errors import StorageError
 from hisp.ports import AuditKind, AuditRecord, Direction, Envelope, RecipientState
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 RAW = b"From: dr.smith@direct.clinic.example\r\nSubject: referral\r\n\r\n" + b"0123456789" * 10_000
-
-
-@pytest.fixture(params=backends())
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with scratch_database(request.param, tmp_path) as url:
-        yield url
 
 
 def test_spool_file_is_fsynced_before_the_commit(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,6 @@ schema is exactly the models', and the Alembic environment ships inside the pack
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from sqlalchemy import inspect
 from hisp.adapters.storage import SqlStore, current_revision, default_url, head_revision, open_engine, upgrade
 from hisp.adapters.storage.migrate import MIGRATIONS_DIR
 from hisp.adapters.storage.models import Base
-from hisp.adapters.storage.testing import backends, scratch_database
 from hisp.errors import ConfigError, StorageError
 from hisp.ports import Direction, Envelope
 
@@ -32,12 +30,6 @@ TABLES = {
     "tracking_events",
     "alembic_version",
 }
-
-
-@pytest.fixture(params=backends())
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with scratch_database(request.param, tmp_path) as url:
-        yield url
 
 
 def test_upgrade_an_empty_database_then_again(db_url: str) -> None:

@@ -22,7 +22,6 @@ from sqlalchemy.exc import OperationalError
 
 from hisp.adapters.storage import SqlStore
 from hisp.adapters.storage.engine import _sqlite_begin
-from hisp.adapters.storage.testing import backends, scratch_database
 from hisp.core.tracking import Event, MessageTrack, State
 from hisp.errors import StorageError
 from hisp.ports import AuditKind, AuditRecord, Direction, Envelope, Outbound, RecipientState, TrackDecision
@@ -33,19 +32,6 @@ JONES = "dr.jones@direct.hospital.example"
 LEE = "dr.lee@direct.hospital.example"
 MESSAGE_ID = "<m1@clinic.example>"
 RAW = b"From: dr.smith@direct.clinic.example\r\nMessage-ID: <m1@clinic.example>\r\n\r\nhello\r\n"
-
-
-@pytest.fixture(params=backends())
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with scratch_database(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url: str, tmp_path: Path) -> Iterator[SqlStore]:
-    opened = SqlStore.open(db_url, spool_dir=tmp_path / "spool", inline_max=1024)
-    yield opened
-    opened.close()
 
 
 @contextmanager

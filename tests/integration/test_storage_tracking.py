@@ -26,7 +26,6 @@ from sqlalchemy.exc import OperationalError
 from hisp.adapters.storage import SqlStore, current_revision, head_revision, open_engine, upgrade
 from hisp.adapters.storage.migrate import MIGRATIONS_DIR
 from hisp.adapters.storage.models import Base
-from hisp.adapters.storage.testing import backends, scratch_database
 from hisp.core.dsn import NO_PROCESSED_MDN
 from hisp.core.tracking import Action, Event, MessageTrack, Mode, Record, State, Transition
 from hisp.errors import StorageError
@@ -54,19 +53,6 @@ TRACK_TABLES = {"tracked_messages", "tracked_recipients", "tracking_events"}
 def _raw(message_id: str = MESSAGE_ID, size: int = 200) -> bytes:
     head = f"From: {SENDER}\r\nMessage-ID: {message_id}\r\nSubject: referral\r\n\r\n".encode()
     return head + (b"x" * 76 + b"\r\n") * (size // 78 + 1)
-
-
-@pytest.fixture(params=backends())
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with scratch_database(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url: str, tmp_path: Path) -> Iterator[SqlStore]:
-    opened = SqlStore.open(db_url, spool_dir=tmp_path / "spool", inline_max=1024)
-    yield opened
-    opened.close()
 
 
 def _track(
