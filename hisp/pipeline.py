@@ -48,12 +48,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 from typing import Any, TypeVar
 
-from hisp.addresses import DirectAddress
+from hisp.addresses import DirectAddress, mailbox_pairs
 from hisp.core.agent import IncomingResult, OutgoingResult, SecurityAgent
 from hisp.core.certs import Certificate, Credential
 from hisp.core.evidence import accepted_line, refusal_evidence
@@ -65,6 +62,7 @@ from hisp.core.notify import (
     apply_notice,
     failure_dsn,
     header_block,
+    header_fields,
     header_pairs,
     new_message_id,
     owed_mdns,
@@ -188,30 +186,13 @@ def trust_header(result: IncomingResult) -> bytes:
     return f"{TRUST_HEADER}: {'; '.join(parts)}\r\n".encode("ascii")
 
 
-#: Header sections up to this many bytes are parsed once for all the lookups of one message (see :func:`_headers`).
-HEADER_CACHE_MAX = 16 * 1024
-
-
 def _headers(raw: bytes) -> list[tuple[str, str]]:
-    """The ``(name, value)`` fields of ``raw``'s header section, in order, values as the parser gives them.
+    """The ``(name, value)`` fields of ``raw``'s header section, in order, values as the compat32 parser gives them.
 
-    One message is looked at several times on its way (its From, Message-ID, trust header, the routing check), by
-    the loop and by worker threads: a header section of at most :data:`HEADER_CACHE_MAX` bytes is parsed once
-    (0.1-0.3 ms each time at 10 kB) and its fields kept for the next lookups of the same bytes.
+    One message is looked at several times on its way (its From, Message-ID, trust header, the routing check, its
+    notices): :func:`hisp.core.notify.header_fields` reads a header section once and remembers it for all of them.
     """
-    block = header_block(raw)  # the header section only: the parser would otherwise read through the body
-    if len(block) <= HEADER_CACHE_MAX:
-        return list(_parsed_headers(block))
-    return list(_parse_headers(block))
-
-
-def _parse_headers(block: bytes) -> tuple[tuple[str, str], ...]:
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(block, headersonly=True)
-    return tuple((str(name), str(value)) for name, value in parsed.items())
-
-
-#: The fields of the header sections parsed lately (a pure function of the bytes; thread-safe).
-_parsed_headers = functools.lru_cache(maxsize=256)(_parse_headers)
+    return list(header_fields(raw))
 
 
 def _has_bcc(raw: bytes) -> bool:
@@ -238,7 +219,7 @@ def _header(raw: bytes, name: str) -> str | None:
 
 def _from_address(raw: bytes) -> DirectAddress:
     values = [v for k, v in _headers(raw) if k.lower() == "from"]
-    addresses = [a for _, a in getaddresses(values) if a]
+    addresses = [a for _, a in mailbox_pairs(values) if a]
     if len(addresses) != 1:
         raise AddressError(f"the message needs exactly one From address, not {len(addresses)}")
     return DirectAddress.parse(addresses[0])
