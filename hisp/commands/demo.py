@@ -490,5 +490,5 @@ def demo(keep: str | None, attach: str | None) -> None:
         raise SystemExit(1)
     click.echo(
         "demo: done: the referral reached the hospital EHR intact, and the processed and dispatched MDNs came back"
-        + (f"; files kept in {root}" if keep else "")
+        + (f"; files kept in {root}" if keep else f"; its files in {root} are removed (--keep DIR keeps them)")
     )

@@ -55,3 +55,16 @@ def test_demo_refuses_to_keep_its_files_in_a_directory_that_is_not_empty(tmp_pat
     result = CliRunner().invoke(main, ["demo", "--keep", str(tmp_path)])
     assert result.exit_code == 2 and "is not empty" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]
+
+
+def test_demo_without_keep_says_its_files_are_removed() -> None:
+    """Without ``--keep`` the maildir paths the demo printed are gone at exit: its last line says so and how to keep
+    them (found by a fresh-user trial)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hisp.cli", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("demo: done: ") and last.endswith("are removed (--keep DIR keeps them)"), last
+    workspace = Path(last.split("its files in ", 1)[1].split(" are removed", 1)[0])
+    assert workspace.name.startswith("hisp-demo-") and not workspace.exists()
